@@ -1,0 +1,60 @@
+"""Batched, differentiable augmentation on the images' own device.
+
+Crops are done with torchvision's `roi_align`: one call crops every image with its own box and resizes
+it to the output size, and it is differentiable, so the same code serves student training (real or
+synthetic images) and synthesis (gradients flow back to the pixels).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+
+def sample_boxes(n: int, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """RandomResizedCrop boxes [n, 4] as (x1, y1, x2, y2) in pixels (CPU, from `generator`)."""
+    u = torch.rand(n, 4, generator=generator)
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * u[:, 0])
+    logr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
+    w = torch.sqrt(area * torch.exp(logr)).clamp(1.0, width)
+    h = torch.sqrt(area / torch.exp(logr)).clamp(1.0, height)
+    x1 = (width - w) * u[:, 2]
+    y1 = (height - h) * u[:, 3]
+    return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
+
+
+def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Crop box i out of image i (or one box for all when boxes is [1, 4]) and resize to `size`."""
+    if isinstance(size, int):
+        size = (size, size)
+    boxes = boxes.to(device=x.device, dtype=x.dtype)
+    if boxes.shape[0] == 1:
+        boxes = boxes.expand(x.shape[0], 4)
+    idx = torch.arange(x.shape[0], device=x.device, dtype=x.dtype).unsqueeze(1)
+    # aligned=True: a box (0, 0, W, H) at the input size samples every pixel centre exactly (identity).
+    return roi_align(x, torch.cat([idx, boxes], 1), size, spatial_scale=1.0, sampling_ratio=0, aligned=True)
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> torch.Tensor:
+    mask = (torch.rand(x.shape[0], generator=generator) < p).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(mask, x.flip(3), x)
+
+
+def random_resized_crop(x: torch.Tensor, generator: torch.Generator | None = None, scale=(0.5, 1.0),
+                        shared_box: bool = False) -> torch.Tensor:
+    """Per-image (or one shared) RandomResizedCrop back to the input size, then random flip."""
+    n, _, h, w = x.shape
+    boxes = sample_boxes(1 if shared_box else n, h, w, scale, generator=generator)
+    return random_flip(crop_resize(x, boxes, (h, w)), generator)
+
+
+def random_translate(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """airbench-style pad (reflect) + random crop to the input size, then random flip."""
+    n, _, h, w = x.shape
+    xp = F.pad(x, (pad,) * 4, mode="reflect")
+    off = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).float()
+    boxes = torch.cat([off, off + torch.tensor([w, h])], 1)
+    return random_flip(crop_resize(xp, boxes, (h, w)), generator)

@@ -1,0 +1,165 @@
+"""The recover engine shared by every optimisation-based method (SRe2L family, DELT, E2D).
+
+x (normalised pixels) is the parameter. Each step: augment the active images (one shared
+RandomResizedCrop box, per-image boxes, or a method's own boxes), forward the frozen teacher, and
+minimise  CE(T(xa), y) + r_bn * sum_l m_l (||mu_l - mu_l^run||_2 + ||var_l - var_l^run||_2)  with Adam
+(cosine LR per iteration), then clamp x to the valid pixel range. Methods say how x is initialised,
+when each image joins (`start_iter`) and which boxes are used (`sampler`); the engine owns the rest.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .augment import crop_resize, random_flip, sample_boxes
+from .utils import DDKitError
+
+
+@dataclass
+class RecoverConfig:
+    iterations: int = 1000
+    lr: float = 0.1
+    r_bn: float = 0.01
+    first_bn_mult: float = 10.0
+    betas: tuple[float, float] = (0.5, 0.9)
+    crop: str = "shared"            # shared (one box per batch) | per_image | none
+    min_scale: float = 0.08
+    max_scale: float = 1.0
+    curriculum: bool = False        # CDA: min scale goes 1 -> min_scale along a cosine
+    jitter: int = 0                 # random roll (px) shared by the batch, SRe2L's 32x32 augmentation
+    flip: bool = True
+    log_every: int = 10
+
+
+class BNStatLoss:
+    """Forward hooks on every BatchNorm2d: distance of batch statistics of its input to running stats."""
+
+    def __init__(self, model: nn.Module, first_mult: float = 10.0):
+        self.bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        if not self.bns:
+            raise DDKitError("the teacher has no BatchNorm layers: BN-statistics matching needs a BN teacher")
+        self.mults = [first_mult] + [1.0] * (len(self.bns) - 1)
+        self.terms: list[torch.Tensor] = []
+        self.handles = [bn.register_forward_hook(self._hook) for bn in self.bns]
+
+    def _hook(self, module, inputs, output):
+        x = inputs[0].float()
+        mean = x.mean(dim=(0, 2, 3))
+        var = x.var(dim=(0, 2, 3), unbiased=False)
+        self.terms.append(torch.linalg.vector_norm(mean - module.running_mean) +
+                          torch.linalg.vector_norm(var - module.running_var))
+
+    def pop(self) -> torch.Tensor:
+        loss = sum(m * t for m, t in zip(self.mults, self.terms))
+        self.terms = []
+        return loss
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+class UniformSampler:
+    """Random boxes: one RandomResizedCrop box for the whole batch, or one per image."""
+
+    def __init__(self, cfg: RecoverConfig, size: int):
+        self.cfg, self.size = cfg, size
+
+    def min_scale(self, it: int) -> float:
+        c = self.cfg
+        if not c.curriculum:
+            return c.min_scale
+        return c.min_scale + (1 - c.min_scale) * (1 + math.cos(math.pi * it / c.iterations)) / 2
+
+    def boxes(self, it: int, active: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
+        if self.cfg.crop == "none":
+            return None
+        n = 1 if self.cfg.crop == "shared" else len(active)
+        lo = min(self.min_scale(it), self.cfg.max_scale)
+        return sample_boxes(n, self.size, self.size, (lo, self.cfg.max_scale), generator=gen)
+
+    def update(self, it: int, active: torch.Tensor, boxes, ce: torch.Tensor) -> None:
+        pass
+
+    def done(self, it: int) -> bool:
+        return False
+
+
+@dataclass
+class RecoverResult:
+    x: torch.Tensor
+    updates: torch.Tensor            # per-image number of gradient steps received
+    curve: dict = field(default_factory=dict)
+    iterations_run: int = 0
+    teacher_passes: int = 0           # forward+backward passes of the teacher, in images
+    wall_s: float = 0.0
+
+
+def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverConfig, lo: torch.Tensor,
+            hi: torch.Tensor, gen: torch.Generator, start_iter: torch.Tensor | None = None,
+            sampler=None, progress: bool = True, desc: str = "recover") -> RecoverResult:
+    """Optimise x0 (normalised, on the teacher's device) against the frozen teacher."""
+    device = x0.device
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    x = nn.Parameter(x0.clone())
+    y = y.to(device)
+    opt = torch.optim.Adam([x], lr=cfg.lr, betas=cfg.betas)
+    bn = BNStatLoss(teacher, cfg.first_bn_mult)
+    sampler = sampler or UniformSampler(cfg, x0.shape[-1])
+    start = start_iter.to(device) if start_iter is not None else torch.zeros(len(x0), dtype=torch.long, device=device)
+    updates = torch.zeros(len(x0), dtype=torch.long)
+    curve = {"iteration": [], "ce": [], "bn": [], "loss": []}
+    lo, hi = lo.to(device).view(1, -1, 1, 1), hi.to(device).view(1, -1, 1, 1)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    t0, passes, it = time.time(), 0, 0
+    bar = tqdm(range(cfg.iterations), desc=desc, disable=not progress, leave=False)
+    try:
+        for it in bar:
+            active = torch.nonzero(start <= it).flatten()
+            if len(active) == 0:
+                continue
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations))
+            xa = x[active] if len(active) < len(x) else x
+            boxes = sampler.boxes(it, active, gen)
+            if boxes is not None:
+                xa = crop_resize(xa, boxes, xa.shape[-1])
+            if cfg.jitter:
+                dx, dy = torch.randint(-cfg.jitter, cfg.jitter + 1, (2,), generator=gen).tolist()
+                xa = torch.roll(xa, shifts=(dy, dx), dims=(2, 3))
+            if cfg.flip:
+                xa = random_flip(xa, gen)
+            with amp:
+                logits = teacher(xa.contiguous(memory_format=torch.channels_last))
+            ce = F.cross_entropy(logits.float(), y[active], reduction="none")
+            bn_loss = bn.pop()
+            loss = ce.mean() + cfg.r_bn * bn_loss
+            if not torch.isfinite(loss):
+                raise DDKitError(f"{desc}: loss became {loss.item()} at iteration {it}; lower --set lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                x.clamp_(min=lo, max=hi)
+            updates[active.cpu()] += 1
+            passes += len(active)
+            sampler.update(it, active, boxes, ce.detach())
+            if it % cfg.log_every == 0 or it == cfg.iterations - 1:
+                curve["iteration"].append(it)
+                curve["ce"].append(round(ce.mean().item(), 5))
+                curve["bn"].append(round(bn_loss.item(), 5))
+                curve["loss"].append(round(loss.item(), 5))
+                bar.set_postfix(ce=curve["ce"][-1], bn=curve["bn"][-1])
+            if sampler.done(it):
+                break
+    finally:
+        bn.close()
+    return RecoverResult(x.detach(), updates, curve, it + 1, passes, time.time() - t0)

@@ -1,0 +1,110 @@
+"""Method registry. A method is a small class with a `Config` dataclass (its knobs, set from the CLI with
+`--set key=value`) and `run(ctx, classes)`, which returns normalised images for those classes.
+
+The driver (`ddkit.distill`) calls `run` once per group of classes with a generator seeded by the group,
+so groups are independent: finished groups are never redone on resume, and ranks can split them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..data import ImageData
+from ..utils import DDKitError
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register(cls):
+    METHODS[cls.name] = cls
+    return cls
+
+
+@dataclass
+class Context:
+    train: ImageData
+    teacher: nn.Module | None
+    ipc: int
+    device: torch.device
+    gen: torch.Generator
+    progress: bool = True
+
+    def real(self, idx: torch.Tensor) -> torch.Tensor:
+        """Normalised real images at `idx`, on the device."""
+        return self.train.normalize(self.train.images[idx].to(self.device))
+
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        m, s = torch.tensor(self.train.mean), torch.tensor(self.train.std)
+        return (0 - m) / s, (1 - m) / s
+
+
+@dataclass
+class Output:
+    x: torch.Tensor                      # normalised images [n, 3, H, W] (cpu)
+    labels: torch.Tensor                 # [n]
+    weights: torch.Tensor | None = None  # per-image loss weights (DDOQ)
+    info: dict[str, Any] = field(default_factory=dict)  # per-group metrics, merged by the driver
+
+
+class Method:
+    name = ""
+    needs_teacher = True
+
+    @dataclass
+    class Config:
+        pass
+
+    def __init__(self, cfg=None):
+        self.cfg = cfg if cfg is not None else self.Config()
+
+    def run(self, ctx: Context, classes: list[int]) -> Output:
+        raise NotImplementedError
+
+
+def build_method(name: str, overrides: dict[str, str] | None = None) -> Method:
+    if name not in METHODS:
+        raise DDKitError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
+    cls = METHODS[name]
+    return cls(parse_overrides(cls.Config, overrides or {}))
+
+
+def parse_overrides(config_cls, overrides: dict[str, Any]):
+    """Build a Config from string overrides, converting by each field's default's type."""
+    cfg = config_cls()
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for key, raw in overrides.items():
+        if key not in fields:
+            raise DDKitError(f"unknown setting {key!r} for this method; known: {', '.join(fields)}")
+        cur = getattr(cfg, key)
+        try:
+            if not isinstance(raw, str):
+                val = raw
+            elif isinstance(cur, bool):
+                if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(raw)
+                val = raw.lower() in ("1", "true", "yes")
+            elif isinstance(cur, tuple):
+                val = tuple(type(cur[0])(v) for v in raw.split(","))
+            elif cur is None:
+                val = raw
+            else:
+                val = type(cur)(raw)
+        except ValueError:
+            raise DDKitError(f"bad value {raw!r} for setting {key!r} (expected {type(cur).__name__})") from None
+        setattr(cfg, key, val)
+    return cfg
+
+
+def need_images(ctx: Context, c: int, k: int) -> torch.Tensor:
+    """Indices of class c, refusing (one line) when the class has fewer than k images."""
+    idx = ctx.train.class_indices(c)
+    if len(idx) < k:
+        raise DDKitError(f"class {ctx.train.classes[c]!r} has {len(idx)} images, fewer than IPC={k}")
+    return idx
+
+
+from . import real, optimize  # noqa: E402,F401  (register the built-in methods)

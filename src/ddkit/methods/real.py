@@ -1,0 +1,73 @@
+"""Methods that take real pixels without gradient steps: `random` and `rded`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..augment import crop_resize, sample_boxes
+from . import Context, Method, Output, need_images, register
+
+
+@register
+class Random(Method):
+    """IPC seeded real images per class: the floor every method is judged against."""
+    name = "random"
+    needs_teacher = False
+
+    def run(self, ctx: Context, classes: list[int]) -> Output:
+        xs, ys = [], []
+        for c in classes:
+            idx = need_images(ctx, c, ctx.ipc)
+            pick = idx[torch.randperm(len(idx), generator=ctx.gen)[:ctx.ipc]]
+            xs.append(ctx.real(pick).cpu())
+            ys += [c] * ctx.ipc
+        return Output(torch.cat(xs), torch.tensor(ys))
+
+
+@register
+class RDED(Method):
+    """Score many real crops with the teacher, keep the most confident, stitch factor x factor per image."""
+    name = "rded"
+
+    @dataclass
+    class Config:
+        candidates: int = 300        # real images sampled per class
+        crops: int = 5               # RandomResizedCrops scored per candidate
+        min_scale: float = 0.5
+        factor: int = 0              # patches per side; 0 = 1 at <= 64 px, else 2
+        batch_size: int = 500
+
+    @torch.no_grad()
+    def run(self, ctx: Context, classes: list[int]) -> Output:
+        cfg, T = self.cfg, ctx.teacher
+        size = ctx.train.image_size
+        f = cfg.factor or (1 if size <= 64 else 2)
+        psize = size // f
+        xs, ys = [], []
+        for c in classes:
+            idx = need_images(ctx, c, ctx.ipc)
+            cand = idx[torch.randperm(len(idx), generator=ctx.gen)[:max(cfg.candidates, ctx.ipc * f * f)]]
+            imgs = ctx.real(cand)
+            boxes = sample_boxes(len(cand) * cfg.crops, size, size, (cfg.min_scale, 1.0), generator=ctx.gen)
+            reps = imgs.repeat_interleave(cfg.crops, 0)
+            patches, losses = [], []
+            for i in range(0, len(reps), cfg.batch_size):
+                full = crop_resize(reps[i:i + cfg.batch_size], boxes[i:i + cfg.batch_size], size)
+                losses.append(F.cross_entropy(T(full), torch.full((len(full),), c, device=ctx.device),
+                                              reduction="none"))
+                patches.append(F.interpolate(full, size=psize, mode="area") if f > 1 else full)
+            losses, patches = torch.cat(losses).view(-1, cfg.crops), torch.cat(patches)
+            best = losses.argmin(1)                      # best crop of each candidate image
+            best_loss = losses.gather(1, best[:, None]).squeeze(1)
+            chosen = best_loss.argsort()[:ctx.ipc * f * f]
+            p = patches.view(len(cand), cfg.crops, *patches.shape[1:])[chosen, best[chosen]]
+            # stitch f x f patches into each image (identity when f == 1)
+            p = p.view(ctx.ipc, f, f, 3, psize, psize).permute(0, 3, 1, 4, 2, 5).reshape(ctx.ipc, 3, f * psize,
+                                                                                         f * psize)
+            if p.shape[-1] != size:
+                p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+            xs.append(p.cpu())
+            ys += [c] * ctx.ipc
+        return Output(torch.cat(xs), torch.tensor(ys))

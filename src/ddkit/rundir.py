@@ -1,0 +1,112 @@
+"""The run directory: the one output format of every method.
+
+    RUN/images/<class>/<n>.png   lossless 8-bit ImageFolder any tool can read
+    RUN/data.pt                  full-precision images in [0, 1], labels, classes (+ per-image weights)
+    RUN/config.json              everything needed to reproduce the run
+    RUN/metrics.json             synthesis (and, after `evaluate`, evaluation) metrics
+
+A run is built in a hidden sibling folder and renamed into place when complete, so RUN either does not
+exist or is whole. `evaluate` also reads a plain ImageFolder of distilled images made elsewhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .utils import DDKitError, load_torch, save_json, save_torch
+
+RUN_FORMAT = "ddkit-run-v1"
+
+
+@dataclass
+class DistilledSet:
+    images: torch.Tensor                 # float [N, 3, H, W] in [0, 1]
+    labels: torch.Tensor                 # int64 [N]
+    classes: list[str]
+    weights: torch.Tensor | None = None
+
+
+def safe_dirname(name: str) -> str:
+    """A folder name that stays inside its parent whatever the class is called ('..', 'a/b', NUL)."""
+    out = quote(name, safe=" ()[]{}+,;=!@#$&'~^-_") if name else "%00empty"
+    if out.startswith("."):
+        out = "%2E" + out[1:]
+    return out
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def write_run(out: str | os.PathLike, ds: DistilledSet, config: dict, metrics: dict,
+              overwrite: bool = False) -> Path:
+    """Write a complete run directory atomically (temp folder + rename)."""
+    out = Path(out)
+    if out.exists():
+        if not overwrite:
+            raise DDKitError(f"output folder {out} already exists; pass --overwrite or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        root = tmp.resolve()
+        pix = _to_uint8(ds.images)
+        counters = [0] * len(ds.classes)
+        for arr, c in zip(pix, ds.labels.tolist()):
+            folder = (root / "images" / safe_dirname(ds.classes[c])).resolve()
+            if folder.parent != root / "images":
+                raise DDKitError(f"class name {ds.classes[c]!r} would write outside the run folder")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(folder / f"{counters[c]:04d}.png")
+            counters[c] += 1
+        blob = {"format": RUN_FORMAT, "images": ds.images.float().cpu(), "labels": ds.labels.long().cpu(),
+                "classes": list(ds.classes)}
+        if ds.weights is not None:
+            blob["weights"] = ds.weights.float().cpu()
+        save_torch(blob, root / "data.pt")
+        save_json(config, root / "config.json")
+        save_json(metrics, root / "metrics.json")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_run(path: str | os.PathLike) -> DistilledSet:
+    """Read a ddkit run (data.pt) or any plain ImageFolder (root/<class>/<image>, or root/images/...)."""
+    path = Path(path)
+    if not path.exists():
+        raise DDKitError(f"run folder not found: {path}")
+    if (path / "data.pt").is_file():
+        blob = load_torch(path / "data.pt", "run data")
+        if not isinstance(blob, dict) or blob.get("format") != RUN_FORMAT:
+            raise DDKitError(f"{path / 'data.pt'} is not a ddkit run file")
+        return DistilledSet(blob["images"], blob["labels"], blob["classes"], blob.get("weights"))
+    from .data import load_image_folder
+    folder = path / "images" if (path / "images").is_dir() else path
+    data = load_image_folder(folder, cache=False, stats=((0.0,), (1.0,)))
+    return DistilledSet(data.images.float() / 255, data.labels, data.classes)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def update_metrics(run: str | os.PathLike, **entries) -> dict:
+    """Merge entries into RUN/metrics.json (atomically)."""
+    p = Path(run) / "metrics.json"
+    metrics = read_json(p)
+    metrics.update(entries)
+    save_json(metrics, p)
+    return metrics

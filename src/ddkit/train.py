@@ -1,0 +1,153 @@
+"""One training loop for teachers and students.
+
+Images live on the device as one tensor (uint8 real data or float synthetic data in [0, 1]) and are
+normalised and augmented per batch on the device: no DataLoader workers, no per-image Python.
+Label modes: `hard` (cross-entropy, optional label smoothing), `soft` (KL to an online teacher on the
+same augmented view, temperature tau), each optionally weighted per sample (DDOQ cell masses).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .augment import random_resized_crop, random_translate
+from .utils import DDKitError, load_torch, save_torch
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 256
+    optimizer: str = "sgd"          # sgd (nesterov) | adamw
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"      # onecycle (linear warm-up 20 %, linear decay) | cosine
+    label_smoothing: float = 0.0
+    aug: str = "translate"          # translate (pad-crop + flip) | rrc (random-resized-crop + flip) | none
+    rrc_scale: tuple[float, float] = (0.5, 1.0)
+    temperature: float = 4.0
+    channels_last: bool = True
+    amp: bool = True                # bf16 autocast, CUDA only
+
+
+def teacher_recipe(epochs: int = 30) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=256, optimizer="sgd", lr=0.1, weight_decay=5e-4,
+                       schedule="onecycle", label_smoothing=0.2, aug="translate")
+
+
+def student_recipe(epochs: int = 300) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=0.01,
+                       schedule="cosine", aug="rrc")
+
+
+def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    t = step / max(1, total)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    return t / 0.2 if t < 0.2 else max(0.0, (1 - t) / 0.8)
+
+
+def _augment(cfg: TrainConfig, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    if cfg.aug == "translate":
+        return random_translate(x, generator=gen)
+    if cfg.aug == "rrc":
+        return random_resized_crop(x, gen, cfg.rrc_scale)
+    return x
+
+
+def _amp(device: torch.device, cfg: TrainConfig):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize, device,
+             batch_size: int = 1000) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        x = normalize(images[i:i + batch_size].to(device))
+        correct += (model(x).argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
+    return correct / max(1, len(labels))
+
+
+def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize, cfg: TrainConfig,
+        device: torch.device, *, seed: int = 0, teacher: nn.Module | None = None,
+        weights: torch.Tensor | None = None, checkpoint: str | None = None, desc: str = "train",
+        progress: bool = True) -> dict:
+    """Train `model` in place. `images` are uint8 or [0,1] floats; `normalize` maps them to model input.
+
+    With `teacher`, the loss is the soft-label KL on the same augmented view (labels are then unused
+    except for bookkeeping). With `checkpoint`, state is saved every epoch and a rerun resumes from it.
+    """
+    if len(labels) == 0:
+        raise DDKitError("no training images")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model.to(device)
+    mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=mf)
+    if teacher is not None:
+        teacher.to(device).eval().to(memory_format=mf)
+    images, labels = images.to(device), labels.to(device)
+    w = weights.to(device).float() if weights is not None else None
+    n = len(labels)
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = math.ceil(n / bs)
+    total = cfg.epochs * steps_per_epoch
+    opt = (torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
+                           weight_decay=cfg.weight_decay) if cfg.optimizer == "sgd" else
+           torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
+    start, history = 0, {"loss": []}
+    if checkpoint:
+        try:
+            state = load_torch(checkpoint, "training checkpoint")
+        except DDKitError:
+            state = None
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            gen.set_state(state["gen"])
+            start, history = state["epoch"], state["history"]
+    bar = tqdm(range(start, cfg.epochs), desc=desc, disable=not progress, leave=False, initial=start,
+               total=cfg.epochs)
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        tot = 0.0
+        for b in range(steps_per_epoch):
+            idx = perm[b * bs:(b + 1) * bs]
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * _lr_factor(cfg, epoch * steps_per_epoch + b, total)
+            x = _augment(cfg, normalize(images[idx]), gen).contiguous(memory_format=mf)
+            with _amp(device, cfg):
+                out = model(x)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t = teacher(x)
+                    tau = cfg.temperature
+                    per = F.kl_div(F.log_softmax(out.float() / tau, 1), F.log_softmax(t.float() / tau, 1),
+                                   reduction="none", log_target=True).sum(1) * tau * tau
+                else:
+                    per = F.cross_entropy(out.float(), labels[idx], reduction="none",
+                                          label_smoothing=cfg.label_smoothing)
+                loss = (per * w[idx]).mean() if w is not None else per.mean()
+            if not torch.isfinite(loss):
+                raise DDKitError(f"{desc}: loss became {loss.item()} at epoch {epoch}; lower the learning rate "
+                                 f"(last good checkpoint kept)" if checkpoint else
+                                 f"{desc}: loss became {loss.item()} at epoch {epoch}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += loss.item()
+        history["loss"].append(tot / steps_per_epoch)
+        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+        if checkpoint:
+            save_torch({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                        "epoch": epoch + 1, "history": history}, checkpoint)
+    model.eval()
+    return history

@@ -1,0 +1,102 @@
+"""Small shared helpers: errors, devices, seeding, hashing and atomic file writes."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class DDKitError(Exception):
+    """A user-facing problem (bad input, mismatch). The CLI prints it as one line and exits 2."""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise DDKitError(f"unknown device {device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DDKitError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed the global RNGs and return a CPU generator for explicit, reproducible draws."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """Hash of a JSON-able object (dataclasses allowed), stable across runs and machines."""
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def tensor_hash(t: torch.Tensor, n: int = 16) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:n]
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("DDKIT_CACHE", Path.home() / ".cache" / "ddkit"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds.
+
+    Readers never see a half-written file, and a crash (or a full disk) leaves the old file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_torch(path: str | os.PathLike, what: str = "file") -> Any:
+    """Load a torch file with weights_only=True: never unpickle arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise DDKitError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated zip, foreign objects
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DDKitError(f"{path} is not a readable ddkit {what} ({first[:120]})") from e
+
+
+def save_json(obj: Any, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def asdict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
