@@ -1,0 +1,250 @@
+"""`ddkit` command line: teacher, distill, evaluate, select, report, demo.
+
+Every user-facing problem is a DDKitError, printed as one line on stderr with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from .utils import DDKitError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", nargs="+", default=["convnet3"], help="student architectures")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--labels", choices=["soft", "hard"], default="soft")
+    p.add_argument("--epochs", type=int, default=300, help="student epochs")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--no-weights", action="store_true", help="ignore per-image weights (e.g. DDOQ masses)")
+
+
+def _eval_config(a):
+    from .evaluate import EvalConfig
+    return EvalConfig(archs=tuple(a.arch), seeds=a.seeds, label_mode=a.labels, epochs=a.epochs,
+                      batch_size=a.batch_size, temperature=a.temperature, use_weights=not a.no_weights)
+
+
+def _settings(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise DDKitError(f"--set expects key=value, got {p!r}")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_teacher(a) -> None:
+    from .data import load_splits, load_subset_file
+    from .teacher import train_teacher
+    from .train import teacher_recipe
+    from .utils import resolve_device
+    train, test = load_splits(a.data, a.test_data)
+    if a.subset:
+        train = load_subset_file(a.subset, train)
+    recipe = dataclasses.replace(teacher_recipe(a.epochs), lr=a.lr) if a.lr else teacher_recipe(a.epochs)
+    _, ck = train_teacher(train, test, a.arch, recipe, a.seed, resolve_device(a.device), a.out,
+                          use_cache=not a.no_cache, progress=not a.quiet)
+    print(json.dumps({"teacher": ck["path"], "arch": ck["arch"], "test_acc": ck.get("test_acc"),
+                      "train_time_s": ck.get("train_time_s"), "cached": ck["cached"]}))
+
+
+def _load_eval_inputs(data: str | None, teacher_path: str | None, device):
+    """Test split and teacher; the test set is normalised with the teacher's training statistics."""
+    from .data import load_data, load_splits
+    from .teacher import load_checkpoint
+    if not data:
+        raise DDKitError("no data to evaluate on: pass --data (a dataset name or ImageFolder root)")
+    teacher, ck = None, None
+    if teacher_path:
+        teacher, ck = load_checkpoint(teacher_path, device=device)
+        test = load_data(data, "test", stats=(tuple(ck["mean"]), tuple(ck["std"])))
+        test.mean, test.std = tuple(ck["mean"]), tuple(ck["std"])
+        if list(test.classes) != list(ck["classes"]):
+            raise DDKitError(f"teacher {teacher_path} classes {ck['classes'][:3]}... differ from test classes "
+                             f"{test.classes[:3]}...")
+    else:
+        _, test = load_splits(data)
+    return test, teacher
+
+
+def _print_results(title: str, results: dict) -> None:
+    rows = [{"protocol": k, "accuracy %": f"{r['mean']:.2f} ± {r['std']:.2f}", "seeds": r["n"],
+             "s/seed": r["wall_s_per_seed"]} for k, r in results.items()]
+    print(f"\n{title}\n" + table(rows, ["protocol", "accuracy %", "seeds", "s/seed"]))
+
+
+def cmd_evaluate(a) -> None:
+    from .data import load_data, load_subset_file
+    from .evaluate import evaluate_set
+    from .report import write_report
+    from .rundir import DistilledSet, read_json, read_run
+    from .utils import resolve_device
+    dev = resolve_device(a.device)
+    if a.full:
+        cfg_data = a.data
+    else:
+        if not a.run:
+            raise DDKitError("give a RUN folder to evaluate, or --full for the full-real-data baseline")
+        run_cfg = read_json(Path(a.run) / "config.json").get("distill", {})
+        cfg_data, a.teacher = a.data or run_cfg.get("data"), a.teacher or run_cfg.get("teacher")
+    test, teacher = _load_eval_inputs(cfg_data, a.teacher, dev)
+    if a.full:
+        train = load_data(a.data, "train")
+        if a.subset:
+            train = load_subset_file(a.subset, train)
+        ds = DistilledSet(train.images, train.labels, train.classes)  # uint8 is fine for fit()
+        results = evaluate_set(ds, test, teacher, _eval_config(a), dev, progress=not a.quiet)
+        _print_results(f"full real data ({len(train)} images)", results)
+        if a.json:
+            Path(a.json).write_text(json.dumps(results, indent=2))
+        return
+    ds = read_run(a.run)
+    is_ddkit_run = (Path(a.run) / "metrics.json").is_file()
+    t0 = time.time()
+    results = evaluate_set(ds, test, teacher, _eval_config(a), dev, run=a.run if is_ddkit_run else None,
+                           progress=not a.quiet)
+    if is_ddkit_run:
+        write_report(a.run)
+    _print_results(f"{a.run}: {len(ds.labels)} images, evaluated in {time.time() - t0:.0f} s", results)
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+
+
+def cmd_distill(a) -> None:
+    from .distill import DistillConfig, distill
+    from .report import write_report
+    cfg = DistillConfig(method=a.method, ipc=a.ipc, data=a.data, teacher=a.teacher, subset=a.subset,
+                        seed=a.seed, classes_per_group=a.classes_per_group, settings=_settings(a.set))
+    out = distill(cfg, a.out, a.device, overwrite=a.overwrite, progress=not a.quiet)
+    if out is None:
+        return  # non-zero torchrun rank: rank 0 writes the run
+    write_report(out)
+    from .rundir import read_json
+    m = read_json(out / "metrics.json")
+    print(json.dumps({"run": str(out), "images": m["num_images"], "synthesis_wall_s": m["synthesis_wall_s"],
+                      "diversity_cos": m.get("diversity_cos")}))
+    if a.evaluate:
+        a.run, a.full, a.data, a.subset = str(out), False, None, None
+        cmd_evaluate(a)
+
+
+def cmd_select(a) -> None:
+    from .select import SelectConfig, select
+    cfg = SelectConfig(criterion=a.criterion, keep=a.keep, seed=a.seed, proxy_epochs=a.proxy_epochs,
+                       keep_end=a.keep_end, teacher=a.teacher)
+    info = select(a.data, cfg, a.out, a.device, progress=not a.quiet)
+    print(json.dumps(info))
+
+
+def cmd_report(a) -> None:
+    from .report import write_report
+    print(write_report(a.run))
+
+
+def cmd_demo(a) -> None:
+    from .demo import run_demo
+    run_demo(a.out, a.device, progress=not a.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ddkit", description="Dataset distillation toolkit.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("teacher", help="train (or fetch from cache) a teacher on real data")
+    p.add_argument("--data", required=True, help="dataset name (digits, cifar10, cifar100) or ImageFolder root")
+    p.add_argument("--test-data", help="test ImageFolder if not <data>/test")
+    p.add_argument("--arch", default="convnet3")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--subset", help="index file from `ddkit select`")
+    p.add_argument("--out", help="also copy the checkpoint here")
+    p.add_argument("--no-cache", action="store_true")
+    _common(p)
+    p.set_defaults(fn=cmd_teacher)
+
+    p = sub.add_parser("distill", help="synthesise a distilled set into a run folder")
+    p.add_argument("--method", required=True)
+    p.add_argument("--ipc", type=int, required=True, help="images per class")
+    p.add_argument("--data", required=True)
+    p.add_argument("--teacher", help="teacher checkpoint (from `ddkit teacher`)")
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method setting, repeatable")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--subset", help="index file from `ddkit select`: distil from the kept samples only")
+    p.add_argument("--classes-per-group", type=int, default=0, help="classes optimised together (0 = all)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--evaluate", action="store_true", help="evaluate the run afterwards")
+    p.add_argument("--json", help="write evaluation results to this file")
+    _eval_args(p)
+    _common(p)
+    p.set_defaults(fn=cmd_distill)
+
+    p = sub.add_parser("evaluate", help="train students on a distilled set (or full data), report test accuracy")
+    p.add_argument("run", nargs="?", help="run folder, or any ImageFolder of distilled images")
+    p.add_argument("--data", help="dataset whose test split is used (default: the run's)")
+    p.add_argument("--teacher", help="teacher for soft labels (default: the run's)")
+    p.add_argument("--full", action="store_true", help="baseline: students on the full real training data")
+    p.add_argument("--subset", help="with --full: train on the kept samples of this index file")
+    p.add_argument("--json", help="write results to this file")
+    _eval_args(p)
+    _common(p)
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("select", help="prune the real data before distillation (BiLP)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--keep", type=float, required=True, help="fraction of each class to keep, in (0, 1]")
+    p.add_argument("--criterion", choices=["loss", "causal", "random"], default="loss")
+    p.add_argument("--keep-end", choices=["low", "high"], default="low", help="loss criterion: keep the "
+                   "low-loss (easy, the paper's choice) or high-loss end")
+    p.add_argument("--proxy-epochs", type=int, default=5)
+    p.add_argument("--teacher", help="causal criterion: the BN teacher whose statistics are matched")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="index file to write (.pt); a report is written beside it")
+    _common(p)
+    p.set_defaults(fn=cmd_select)
+
+    p = sub.add_parser("report", help="(re)write report.md, grid.png and curves.png of a run")
+    p.add_argument("run")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("demo", help="offline end-to-end demo on scikit-learn's digits (< 2 min on 2 cores)")
+    p.add_argument("--out", default="runs/demo")
+    _common(p)
+    p.set_defaults(fn=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except DDKitError as e:
+        print(f"ddkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ddkit: interrupted (finished work is kept; rerun the same command to resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

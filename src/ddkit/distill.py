@@ -1,0 +1,153 @@
+"""The distill driver: data (+ subset) -> teacher -> method, group by group -> run directory.
+
+Classes are split into groups (`classes_per_group`, 0 = all in one batch). Each group runs with its own
+generator seeded by (seed, first class of the group), so a group's images do not depend on which process
+made it or on which groups ran before it. Finished groups are saved in a work folder beside the output
+and never redone when the same command is rerun; under `torchrun` the ranks take groups round-robin and
+rank 0 merges. The run directory appears only when every group is done.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import ImageData, load_data, load_subset_file
+from .methods import Context, build_method
+from .models import embed
+from .rundir import DistilledSet, write_run
+from .teacher import load_checkpoint
+from .utils import DDKitError, load_torch, resolve_device, save_torch, stable_hash
+
+
+@dataclass
+class DistillConfig:
+    method: str = "random"
+    ipc: int = 10
+    data: str = "digits"
+    teacher: str | None = None           # checkpoint path (required by methods that need one)
+    subset: str | None = None            # `ddkit select` index file
+    seed: int = 0
+    classes_per_group: int = 0           # 0: all classes in one batch (best throughput at CIFAR scale)
+    settings: dict[str, str] = field(default_factory=dict)   # method knobs (--set key=value)
+
+
+def group_seed(seed: int, first_class: int) -> int:
+    return int(stable_hash([seed, first_class], 12), 16)
+
+
+def class_groups(num_classes: int, per_group: int) -> list[list[int]]:
+    per = per_group or num_classes
+    return [list(range(i, min(i + per, num_classes))) for i in range(0, num_classes, per)]
+
+
+@torch.no_grad()
+def diversity(teacher: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean pairwise cosine similarity of teacher penultimate features within each class (lower = more
+    diverse), averaged over classes. `x` is normalised. Classes with one image are skipped."""
+    feats, _ = embed(teacher, x)
+    feats = F.normalize(feats.float(), dim=1)
+    sims = []
+    for c in labels.unique():
+        f = feats[labels == c]
+        n = len(f)
+        if n > 1:
+            sims.append(((f @ f.T).sum() - n) / (n * (n - 1)))
+    return round(torch.stack(sims).mean().item(), 4) if sims else float("nan")
+
+
+def _dist():
+    """(rank, world) under torchrun, initialising the process group once; (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def _barrier():
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def prepare(cfg: DistillConfig, method, device) -> tuple[ImageData, torch.nn.Module | None, dict]:
+    """Training data (pruned by the subset file) and the teacher, checked against each other."""
+    train = load_data(cfg.data, "train")
+    if cfg.subset:
+        train = load_subset_file(cfg.subset, train)
+    teacher, tinfo = None, {}
+    if method.needs_teacher or cfg.teacher:
+        if not cfg.teacher:
+            raise DDKitError(f"method {cfg.method!r} needs a teacher: pass --teacher CHECKPOINT "
+                             f"(make one with `ddkit teacher`)")
+        teacher, ck = load_checkpoint(cfg.teacher, train.classes, device=device)
+        if ck["image_size"] != train.image_size:
+            raise DDKitError(f"teacher {cfg.teacher} was trained on {ck['image_size']} px images, "
+                             f"data has {train.image_size} px")
+        train.mean, train.std = tuple(ck["mean"]), tuple(ck["std"])  # synthesise in the teacher's space
+        tinfo = {"arch": ck["arch"], "test_acc": ck.get("test_acc"), "path": str(cfg.teacher)}
+    if cfg.ipc < 1:
+        raise DDKitError(f"--ipc must be at least 1, got {cfg.ipc}")
+    return train, teacher, tinfo
+
+
+def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", overwrite: bool = False,
+            progress: bool = True) -> Path | None:
+    """Run a method and write the run directory `out`. Returns its path (None on ranks other than 0)."""
+    out = Path(out)
+    rank, world = _dist()
+    dev = resolve_device(device)
+    if world > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    if out.exists() and not overwrite:
+        raise DDKitError(f"output folder {out} already exists; pass --overwrite or choose another --out")
+    method = build_method(cfg.method, cfg.settings)
+    train, teacher, tinfo = prepare(cfg, method, dev)
+    key = stable_hash({"cfg": dataclasses.asdict(cfg), "method": dataclasses.asdict(method.cfg)})
+    work = out.parent / f".{out.name}.work-{key}"
+    work.mkdir(parents=True, exist_ok=True)
+    groups = class_groups(train.num_classes, cfg.classes_per_group)
+    t0 = time.time()
+    for gi, classes in enumerate(groups):
+        path = work / f"group{gi:05d}.pt"
+        if gi % world != rank or path.is_file():
+            continue  # another rank's group, or finished before an interruption
+        gen = torch.Generator().manual_seed(group_seed(cfg.seed, classes[0]))
+        ctx = Context(train, teacher, cfg.ipc, dev, gen, progress)
+        tg = time.time()
+        res = method.run(ctx, classes)
+        save_torch({"x": res.x, "labels": res.labels, "weights": res.weights,
+                    "info": {**res.info, "wall_s": round(time.time() - tg, 2)}}, path)
+    _barrier()
+    if rank != 0:
+        return None
+    parts = [load_torch(work / f"group{gi:05d}.pt", "group result") for gi in range(len(groups))]
+    x = torch.cat([p["x"] for p in parts])
+    labels = torch.cat([p["labels"] for p in parts]).long()
+    weights = torch.cat([p["weights"] for p in parts]) if parts[0]["weights"] is not None else None
+    infos = [p["info"] for p in parts]
+    metrics = {"method": cfg.method, "ipc": cfg.ipc, "num_images": len(labels),
+               "synthesis_wall_s": round(sum(i["wall_s"] for i in infos), 2),
+               "driver_wall_s": round(time.time() - t0, 2), "groups": infos,
+               "num_real": len(train), "teacher": tinfo}
+    for k in ("teacher_image_passes", "image_updates"):
+        if k in infos[0]:
+            metrics[k] = sum(i[k] for i in infos)
+    if teacher is not None:
+        metrics["diversity_cos"] = diversity(teacher, x.to(dev), labels.to(dev))
+    ds = DistilledSet(train.denormalize(x).clamp(0, 1), labels, list(train.classes), weights)
+    config = {"distill": dataclasses.asdict(cfg), "method_config": dataclasses.asdict(method.cfg),
+              "data": {"name": train.name, "mean": list(train.mean), "std": list(train.std),
+                       "num_train": len(train), "image_size": train.image_size}}
+    write_run(out, ds, config, metrics, overwrite=overwrite)
+    shutil.rmtree(work, ignore_errors=True)
+    return out

@@ -1,0 +1,80 @@
+"""Per-run report: image grid (one row per class), loss-curve plot and report.md, from the run files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+from .evaluate import summarize
+from .rundir import read_json, read_run
+from .utils import atomic_path
+
+MAX_PER_ROW = 20
+
+
+def image_grid(run: Path, out: Path) -> None:
+    ds = read_run(run)
+    rows = []
+    for c in range(len(ds.classes)):
+        imgs = ds.images[ds.labels == c][:MAX_PER_ROW]
+        pad = torch.ones(MAX_PER_ROW - len(imgs), *ds.images.shape[1:])
+        rows.append(torch.cat([imgs, pad]) if len(imgs) < MAX_PER_ROW else imgs)
+    width = min(MAX_PER_ROW, max(int((ds.labels == c).sum()) for c in range(len(ds.classes))))
+    grid = torch.stack([r[:width] for r in rows]).flatten(0, 1)
+    with atomic_path(out) as tmp:
+        save_image(grid, tmp, nrow=width, padding=1, pad_value=1.0, format="png")
+
+
+def loss_plot(groups: list[dict], out: Path) -> bool:
+    curves = [g["curve"] for g in groups if g.get("curve", {}).get("iteration")]
+    if not curves:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for gi, c in enumerate(curves):
+        axes[0].plot(c["iteration"], c["ce"], label=f"group {gi}" if len(curves) > 1 else None)
+        axes[1].plot(c["iteration"], c["bn"])
+    axes[0].set(title="cross-entropy", xlabel="iteration", yscale="log")
+    axes[1].set(title="BN-statistics loss", xlabel="iteration", yscale="log")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _eval_table(evaluation: dict) -> list[str]:
+    lines = ["| protocol | accuracy (%) | seeds | student wall s/seed |", "|---|---|---|---|"]
+    for key, e in evaluation.items():
+        accs = [s["acc"] for s in e["seeds"].values()]
+        walls = [s["wall_s"] for s in e["seeds"].values()]
+        s = summarize(accs)
+        lines.append(f"| {key} | {s['mean']:.2f} ± {s['std']:.2f} | {s['n']} | {sum(walls) / len(walls):.0f} |")
+    return lines
+
+
+def write_report(run: str | Path) -> Path:
+    run = Path(run)
+    metrics, config = read_json(run / "metrics.json"), read_json(run / "config.json")
+    image_grid(run, run / "grid.png")
+    has_curve = loss_plot(metrics.get("groups", []), run / "curves.png")
+    brief = {k: v for k, v in metrics.items() if k not in ("groups", "evaluation")}
+    lines = [f"# ddkit run `{run.name}`", "",
+             f"Method **{metrics.get('method', '?')}**, IPC {metrics.get('ipc', '?')}, "
+             f"{metrics.get('num_images', '?')} images; synthesis {metrics.get('synthesis_wall_s', '?')} s; "
+             f"intra-class feature cosine similarity {metrics.get('diversity_cos', 'n/a')} (lower = more diverse).",
+             "", "## Evaluation", ""]
+    lines += _eval_table(metrics["evaluation"]) if metrics.get("evaluation") else ["Not evaluated yet: "
+                                                                                   "`ddkit evaluate RUN`."]
+    lines += ["", "## Images (one row per class)", "", "![grid](grid.png)", ""]
+    if has_curve:
+        lines += ["## Synthesis loss curves", "", "![curves](curves.png)", ""]
+    lines += ["## Metrics", "", "```json", json.dumps(brief, indent=2), "```", "",
+              "## Config", "", "```json", json.dumps(config, indent=2), "```", ""]
+    with atomic_path(run / "report.md") as tmp:
+        tmp.write_text("\n".join(lines))
+    return run / "report.md"

@@ -1,0 +1,45 @@
+"""Tiny shared fixtures: a 3-class 8x8 ImageFolder with train/test splits and a small BN teacher."""
+import os
+import tempfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("DDKIT_CACHE", tempfile.mkdtemp(prefix="ddkit-test-cache-"))
+
+CLASSES = ["cat", "dog", "frog"]
+
+
+def make_folder(root, classes=CLASSES, per_class=12, size=8, seed=0):
+    """Class c images: a bright square in a class-specific corner on noise, so a model can learn them."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+            r, q = divmod(c % 4, 2)
+            h = size // 2
+            img[r * h:(r + 1) * h, q * h:(q + 1) * h, c % 3] = 230
+            Image.fromarray(img).save(d / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_folder(root / "train", per_class=16, seed=0)
+    make_folder(root / "test", per_class=6, seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def teacher_path(dataset, tmp_path_factory):
+    from ddkit.data import load_splits
+    from ddkit.teacher import train_teacher
+    from ddkit.train import teacher_recipe
+    train, test = load_splits(str(dataset))
+    out = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    train_teacher(train, test, "convnet3", teacher_recipe(6), device="cpu", out=out, progress=False)
+    return out

@@ -1,0 +1,55 @@
+import torch
+
+from ddkit.engine import BNStatLoss, RecoverConfig, recover
+from ddkit.teacher import load_checkpoint
+
+
+def _setup(teacher_path, n=6):
+    teacher, ck = load_checkpoint(teacher_path)
+    m, s = torch.tensor(ck["mean"]), torch.tensor(ck["std"])
+    lo, hi = (0 - m) / s, (1 - m) / s
+    x0 = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(n) % 3
+    return teacher, x0, y, lo, hi
+
+
+def test_bn_loss_falls_and_images_stay_in_range(teacher_path):
+    teacher, x0, y, lo, hi = _setup(teacher_path)
+    cfg = RecoverConfig(iterations=60, lr=0.1, crop="none", log_every=1)
+    res = recover(teacher, x0, y, cfg, lo, hi, torch.Generator().manual_seed(0), progress=False)
+    assert res.curve["bn"][-1] < 0.6 * res.curve["bn"][0]
+    assert res.curve["ce"][-1] < res.curve["ce"][0]
+    assert not torch.equal(res.x, x0)
+    assert (res.x >= lo.view(1, 3, 1, 1) - 1e-6).all() and (res.x <= hi.view(1, 3, 1, 1) + 1e-6).all()
+    assert res.updates.tolist() == [60] * 6 and res.teacher_passes == 360
+
+
+def test_recover_is_deterministic_per_seed(teacher_path):
+    teacher, x0, y, lo, hi = _setup(teacher_path)
+    cfg = RecoverConfig(iterations=5, crop="shared")
+    a = recover(teacher, x0, y, cfg, lo, hi, torch.Generator().manual_seed(1), progress=False).x
+    b = recover(teacher, x0, y, cfg, lo, hi, torch.Generator().manual_seed(1), progress=False).x
+    c = recover(teacher, x0, y, cfg, lo, hi, torch.Generator().manual_seed(2), progress=False).x
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_bn_hooks_read_batch_statistics_and_are_removed(teacher_path):
+    teacher, *_ = _setup(teacher_path)
+    bn = BNStatLoss(teacher)
+    bn0 = bn.bns[0]
+    x = torch.randn(16, 3, 8, 8)
+    teacher(x)
+    assert len(bn.terms) == len(bn.bns) == 3
+    assert bn.pop().item() > 0 and bn.terms == []
+    bn.close()
+    teacher(x)
+    assert bn.terms == [] and not bn0._forward_hooks
+
+
+def test_start_iter_limits_updates(teacher_path):
+    teacher, x0, y, lo, hi = _setup(teacher_path)
+    cfg = RecoverConfig(iterations=10, crop="none")
+    start = torch.tensor([0, 0, 3, 3, 7, 7])
+    res = recover(teacher, x0, y, cfg, lo, hi, torch.Generator().manual_seed(0), start_iter=start, progress=False)
+    assert res.updates.tolist() == [10, 10, 7, 7, 3, 3]
+    assert not torch.equal(res.x[4:], x0[4:])

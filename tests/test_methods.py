@@ -1,0 +1,111 @@
+import pytest
+import torch
+
+from ddkit.data import load_data
+from ddkit.methods import METHODS, Context, build_method
+from ddkit.methods.optimize import E2DSampler, delt_rounds, medium_order
+from ddkit.teacher import load_checkpoint
+from ddkit.utils import DDKitError
+
+FAST = {"sre2l": {"iterations": "6"}, "delt": {"iterations": "6", "round_iters": "2"},
+        "e2d": {"iterations": "6"}, "rded": {"candidates": "8", "crops": "2"}}
+
+
+def _ctx(dataset, teacher_path, ipc=2, seed=0):
+    train = load_data(str(dataset))
+    teacher, ck = load_checkpoint(teacher_path)
+    train.mean, train.std = tuple(ck["mean"]), tuple(ck["std"])
+    return Context(train, teacher, ipc, torch.device("cpu"), torch.Generator().manual_seed(seed), False)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_returns_ipc_images_per_class_in_range(name, dataset, teacher_path):
+    ctx = _ctx(dataset, teacher_path)
+    out = build_method(name, FAST.get(name)).run(ctx, [0, 1, 2])
+    assert out.x.shape == (6, 3, 8, 8) and out.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    lo, hi = ctx.bounds()
+    assert (out.x >= lo.view(1, 3, 1, 1) - 1e-5).all() and (out.x <= hi.view(1, 3, 1, 1) + 1e-5).all()
+    again = build_method(name, FAST.get(name)).run(_ctx(dataset, teacher_path), [0, 1, 2])
+    assert torch.equal(out.x, again.x)  # same seed, same images
+
+
+def test_unknown_method_setting_and_ipc_too_large(dataset, teacher_path):
+    with pytest.raises(DDKitError, match="unknown method 'magic'"):
+        build_method("magic")
+    with pytest.raises(DDKitError, match="unknown setting 'speed'"):
+        build_method("sre2l", {"speed": "3"})
+    with pytest.raises(DDKitError, match="bad value"):
+        build_method("sre2l", {"iterations": "many"})
+    with pytest.raises(DDKitError, match="fewer than IPC=99"):
+        build_method("random").run(_ctx(dataset, teacher_path, ipc=99), [0])
+
+
+def test_rded_keeps_the_lowest_loss_crops(dataset, teacher_path, monkeypatch):
+    # with whole-image 'crops' the chosen images are the 3 real images the teacher finds most class-like
+    monkeypatch.setattr("ddkit.methods.real.sample_boxes",
+                        lambda n, h, w, *a, **k: torch.tensor([[0.0, 0.0, w, h]]).expand(n, 4))
+    ctx = _ctx(dataset, teacher_path, ipc=3)
+    out = build_method("rded", {"candidates": "16", "crops": "1"}).run(ctx, [1])
+    idx = ctx.train.class_indices(1)
+    x = ctx.real(idx)
+    ce = torch.nn.functional.cross_entropy(ctx.teacher(x), torch.ones(len(idx), dtype=torch.long), reduction="none")
+    best = x[ce.argsort()[:3]]
+    assert torch.allclose(out.x.sort(0).values, best.sort(0).values, atol=1e-4)
+
+
+def test_delt_schedule_and_medium_order():
+    assert delt_rounds(10, 500, 100) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert delt_rounds(7, 300, 100) == [0, 0, 0, 1, 1, 2, 2]
+    assert delt_rounds(3, 100, 100) == [0, 0, 0]
+    assert medium_order(5) == [2, 3, 1, 4, 0]
+    assert sorted(medium_order(6)) == list(range(6))
+
+
+def test_delt_early_images_get_exactly_their_scheduled_updates(dataset, teacher_path):
+    ctx = _ctx(dataset, teacher_path, ipc=4)
+    out = build_method("delt", {"iterations": "8", "round_iters": "2"}).run(ctx, [0, 1])
+    # 4 rounds of 2 iterations: image k joins at round k -> 8, 6, 4, 2 updates
+    assert out.info["updates_per_image"] == [8, 6, 4, 2] * 2
+    flat = build_method("delt", {"iterations": "8", "round_iters": "2", "early_late": "false"}).run(
+        _ctx(dataset, teacher_path, ipc=4), [0, 1])
+    assert flat.info["updates_per_image"] == [8] * 8
+    assert out.info["image_updates"] == 40 and flat.info["image_updates"] == 64
+
+
+def test_delt_init_is_ordered_by_teacher_confidence(dataset, teacher_path):
+    ctx = _ctx(dataset, teacher_path, ipc=3)
+    idx = ctx.train.class_indices(2)
+    with torch.no_grad():
+        p = ctx.teacher(ctx.real(idx)).softmax(1)[:, 2]
+    ranked = idx[p.argsort()]
+    m = build_method("delt", {"init": "lowest"})
+    assert torch.equal(m._init(ctx, 2), ctx.real(ranked[:3]))
+    m = build_method("delt", {"init": "highest"})
+    assert torch.equal(m._init(ctx, 2), ctx.real(ranked.flip(0)[:3]))
+
+
+class _Cfg:
+    iterations, explore_frac, eps, min_scale, max_scale, early_stop, crop, curriculum = 10, 0.5, 0.5, 0.5, 1.0, True, \
+        "per_image", False
+
+
+def test_e2d_memory_holds_the_high_loss_boxes_and_exploitation_draws_from_them():
+    s = E2DSampler(_Cfg(), 8, n=2)
+    gen = torch.Generator().manual_seed(0)
+    active = torch.arange(2)
+    seen = []
+    for it in range(5):  # exploration: K = 5
+        b = s.boxes(it, active, gen)
+        ce = torch.tensor([0.1 + it, 0.2])          # image 0: rising loss; image 1: always easy
+        s.update(it, active, b, ce)
+        seen.append((tuple(b[0].tolist()), 0.1 + it))
+    assert set(s.memory[0]) == {k for k, v in seen if v > 0.5} and not s.memory[1]
+    assert max(s.memory[0], key=s.memory[0].get) == max(seen, key=lambda t: t[1])[0]
+    for it in range(5, 8):  # exploitation: image 0's boxes come from its memory
+        b = s.boxes(it, active, gen)
+        assert tuple(b[0].tolist()) in s.memory[0]
+        s.update(it, active, b, torch.tensor([0.0, 0.0]))   # solved: the drawn box leaves the memory
+    assert len(s.memory[0]) == 1 and not s.done(7)
+    b = s.boxes(8, active, gen)
+    s.update(8, active, b, torch.tensor([0.0, 0.0]))
+    assert not s.memory[0] and s.done(8)
