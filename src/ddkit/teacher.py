@@ -38,6 +38,10 @@ def load_checkpoint(path, classes: list[str] | None = None, arch: str | None = N
     ck = load_torch(path, "model checkpoint")
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise DDKitError(f"{path} is not a ddkit model checkpoint")
+    missing = [k for k in ("arch", "num_classes", "image_size", "classes", "mean", "std", "state_dict")
+               if k not in ck]
+    if missing:
+        raise DDKitError(f"checkpoint {path} is incomplete (no {', '.join(missing)})")
     if arch is not None and ck["arch"] != arch:
         raise DDKitError(f"checkpoint {path} is a {ck['arch']}, expected {arch}")
     if classes is not None and list(classes) != list(ck["classes"]):

@@ -1,0 +1,79 @@
+import json
+
+import pytest
+import torch
+
+from ddkit.data import load_splits
+from ddkit.distill import DistillConfig, distill
+from ddkit.evaluate import EvalConfig, align_classes, evaluate_set
+from ddkit.rundir import DistilledSet, read_run
+from ddkit.teacher import load_checkpoint
+from ddkit.utils import DDKitError
+
+FAST = EvalConfig(seeds=2, epochs=20, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def setup(dataset, teacher_path):
+    _, test = load_splits(str(dataset))
+    teacher, ck = load_checkpoint(teacher_path)
+    test.mean, test.std = tuple(ck["mean"]), tuple(ck["std"])
+    return test, teacher
+
+
+def test_students_learn_from_a_tiny_set_and_results_are_stored(setup, dataset, teacher_path, tmp_path,
+                                                                 monkeypatch):
+    test, teacher = setup
+    run = distill(DistillConfig(method="random", ipc=4, data=str(dataset)), tmp_path / "run", "cpu", progress=False)
+    res = evaluate_set(read_run(run), test, teacher, FAST, torch.device("cpu"), run=run, progress=False)
+    (key, r), = res.items()
+    assert key.startswith("convnet3/soft/e20") and r["n"] == 2 and r["mean"] > 50   # chance is 33 %
+    stored = json.loads((run / "metrics.json").read_text())["evaluation"][key]
+    assert set(stored["seeds"]) == {"0", "1"}
+    monkeypatch.setattr("ddkit.evaluate.fit", lambda *a, **k: pytest.fail("re-trained a finished seed"))
+    assert evaluate_set(read_run(run), test, teacher, FAST, torch.device("cpu"), run=run, progress=False) == res
+
+
+def test_hard_labels_need_no_teacher_and_soft_labels_do(setup):
+    test, _ = setup
+    ds = DistilledSet(test.images.float() / 255, test.labels, test.classes)
+    cfg = EvalConfig(seeds=1, epochs=2, label_mode="hard")
+    assert evaluate_set(ds, test, None, cfg, torch.device("cpu"), progress=False)
+    with pytest.raises(DDKitError, match="needs a teacher"):
+        evaluate_set(ds, test, None, EvalConfig(seeds=1, epochs=1), torch.device("cpu"))
+
+
+def test_classes_are_matched_by_name_not_position(setup):
+    test, _ = setup
+    ds = DistilledSet(torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]), ["frog", "cat"])
+    assert align_classes(ds, test.classes).tolist() == [2, 0]
+    with pytest.raises(DDKitError, match="not among"):
+        align_classes(DistilledSet(torch.zeros(1, 3, 8, 8), torch.tensor([0]), ["zebra"]), test.classes)
+
+
+def test_weights_reach_the_loss(setup, monkeypatch):
+    test, teacher = setup
+    seen = {}
+
+    def spy(*a, weights=None, **k):
+        seen["w"] = weights
+        return {"loss": [0.0]}
+    monkeypatch.setattr("ddkit.evaluate.fit", spy)
+    ds = DistilledSet(torch.rand(3, 3, 8, 8), torch.tensor([0, 1, 2]), test.classes, torch.tensor([1.0, 2.0, 3.0]))
+    evaluate_set(ds, test, teacher, EvalConfig(seeds=1, epochs=1), torch.device("cpu"), progress=False)
+    assert seen["w"].tolist() == pytest.approx([0.5, 1.0, 1.5])     # normalised to mean 1
+    evaluate_set(ds, test, teacher, EvalConfig(seeds=1, epochs=1, use_weights=False), torch.device("cpu"),
+                 progress=False)
+    assert seen["w"] is None
+
+
+def test_weighted_loss_in_fit_scales_each_sample():
+    """A zero weight removes a sample from training: the model then never sees its label."""
+    from ddkit.models import build_model
+    from ddkit.train import TrainConfig, fit
+    x = torch.rand(4, 3, 8, 8)
+    y = torch.tensor([0, 0, 1, 1])
+    cfg = TrainConfig(epochs=30, batch_size=4, optimizer="adamw", lr=1e-2, aug="none", schedule="cosine")
+    m = build_model("convnet3", 2, 8)
+    fit(m, x, y, lambda t: t, cfg, torch.device("cpu"), weights=torch.tensor([1.0, 1.0, 0.0, 0.0]), progress=False)
+    assert (m(x).argmax(1) == 0).all()

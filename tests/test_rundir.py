@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from ddkit.rundir import DistilledSet, read_run, safe_dirname, write_run
+from ddkit.utils import DDKitError
+
+
+def _set(classes):
+    g = torch.Generator().manual_seed(0)
+    n = len(classes)
+    return DistilledSet(torch.rand(2 * n, 3, 8, 8, generator=g), torch.arange(n).repeat_interleave(2), classes)
+
+
+def test_run_round_trips_at_full_precision_and_as_image_folder(tmp_path):
+    ds = _set(["a", "b"])
+    ds.weights = torch.tensor([0.5, 1.5, 1.0, 1.0])
+    run = write_run(tmp_path / "run", ds, {"k": 1}, {"m": 2})
+    back = read_run(run)
+    assert torch.equal(back.images, ds.images) and back.weights.tolist() == [0.5, 1.5, 1.0, 1.0]
+    assert sorted(p.name for p in (run / "images" / "a").iterdir()) == ["0000.png", "0001.png"]
+    (run / "data.pt").unlink()   # a plain ImageFolder (e.g. made by another tool) reads too, 8-bit
+    plain = read_run(run)
+    assert plain.classes == ["a", "b"] and (plain.images - ds.images).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_hostile_class_names_stay_inside_the_run(tmp_path):
+    names = ["..", "../../etc", "a/b", ".hidden", "ünï cödé", ""]
+    run = write_run(tmp_path / "run", _set(names), {}, {})
+    folders = sorted(p.name for p in (run / "images").iterdir())
+    assert len(folders) == len(names) and all(not f.startswith(".") and "/" not in f for f in folders)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert safe_dirname("..") != ".." and safe_dirname("a/b") == "a%2Fb"
+
+
+def test_existing_output_is_refused_and_failure_leaves_nothing(tmp_path, monkeypatch):
+    write_run(tmp_path / "run", _set(["a"]), {}, {})
+    with pytest.raises(DDKitError, match="already exists"):
+        write_run(tmp_path / "run", _set(["a"]), {}, {})
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("ddkit.rundir.save_json", full_disk)
+    with pytest.raises(OSError):
+        write_run(tmp_path / "run2", _set(["a"]), {}, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]   # no half-written run2
+
+
+def test_missing_run_is_clear(tmp_path):
+    with pytest.raises(DDKitError, match="not found"):
+        read_run(tmp_path / "nope")
