@@ -139,9 +139,12 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
                "synthesis_wall_s": round(sum(i["wall_s"] for i in infos), 2),
                "driver_wall_s": round(time.time() - t0, 2), "groups": infos,
                "num_real": len(train), "teacher": tinfo}
-    for k in ("teacher_image_passes", "image_updates"):
+    for k in ("teacher_image_passes", "image_updates"):           # counters add up over groups
         if k in infos[0]:
             metrics[k] = sum(i[k] for i in infos)
+    for k in ("quantization_error", "random_quantization_error"):  # per-class means average
+        if k in infos[0]:
+            metrics[k] = round(sum(i[k] * len(g) for i, g in zip(infos, groups)) / train.num_classes, 5)
     if teacher is not None:
         metrics["diversity_cos"] = diversity(teacher, x.to(dev), labels.to(dev))
     ds = DistilledSet(train.denormalize(x).clamp(0, 1), labels, list(train.classes), weights)

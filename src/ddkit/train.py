@@ -54,7 +54,7 @@ def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
 
 def _augment(cfg: TrainConfig, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     if cfg.aug == "translate":
-        return random_translate(x, generator=gen)
+        return random_translate(x, pad=max(1, x.shape[-1] // 8), generator=gen)  # 4 px at 32 px, as airbench
     if cfg.aug == "rrc":
         return random_resized_crop(x, gen, cfg.rrc_scale)
     return x
@@ -78,11 +78,12 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norma
 def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize, cfg: TrainConfig,
         device: torch.device, *, seed: int = 0, teacher: nn.Module | None = None,
         weights: torch.Tensor | None = None, checkpoint: str | None = None, desc: str = "train",
-        progress: bool = True) -> dict:
+        progress: bool = True, loss_fn=None) -> dict:
     """Train `model` in place. `images` are uint8 or [0,1] floats; `normalize` maps them to model input.
 
     With `teacher`, the loss is the soft-label KL on the same augmented view (labels are then unused
-    except for bookkeeping). With `checkpoint`, state is saved every epoch and a rerun resumes from it.
+    except for bookkeeping). `loss_fn(out, labels) -> per-sample loss` replaces cross-entropy (e.g. an
+    autoencoder's reconstruction). With `checkpoint`, state is saved every epoch and a rerun resumes from it.
     """
     if len(labels) == 0:
         raise DDKitError("no training images")
@@ -132,14 +133,15 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
                     tau = cfg.temperature
                     per = F.kl_div(F.log_softmax(out.float() / tau, 1), F.log_softmax(t.float() / tau, 1),
                                    reduction="none", log_target=True).sum(1) * tau * tau
+                elif loss_fn is not None:
+                    per = loss_fn(out.float(), labels[idx])
                 else:
                     per = F.cross_entropy(out.float(), labels[idx], reduction="none",
                                           label_smoothing=cfg.label_smoothing)
                 loss = (per * w[idx]).mean() if w is not None else per.mean()
             if not torch.isfinite(loss):
-                raise DDKitError(f"{desc}: loss became {loss.item()} at epoch {epoch}; lower the learning rate "
-                                 f"(last good checkpoint kept)" if checkpoint else
-                                 f"{desc}: loss became {loss.item()} at epoch {epoch}; lower the learning rate")
+                kept = " (last good checkpoint kept)" if checkpoint else ""
+                raise DDKitError(f"{desc}: loss became {loss.item()} at epoch {epoch}; lower the learning rate{kept}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -107,4 +107,4 @@ def need_images(ctx: Context, c: int, k: int) -> torch.Tensor:
     return idx
 
 
-from . import real, optimize  # noqa: E402,F401  (register the built-in methods)
+from . import real, optimize, quantize  # noqa: E402,F401  (register the built-in methods)

@@ -1,0 +1,177 @@
+"""DDOQ: distillation as optimal quantization. Per class, k-means (k = IPC) in an encoder's latent space;
+the decoded centres are the images and each centre's cell mass (how many real samples are nearest to it)
+is its loss weight at evaluation. Encoders: `pixel` (identity: centres are pixel averages), `teacher`
+(penultimate features; decoded as the medoid, the real image nearest the centre), `autoencoder` (a small
+conv autoencoder trained and cached per dataset). A user's own encoder (e.g. a latent-diffusion VAE)
+is one more entry in ENCODERS: an object with `encode(x) -> z [n, d]` and `decode(z, x_real, z_real)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..models import embed
+from ..train import TrainConfig, fit
+from ..utils import DDKitError, cache_dir, load_torch, save_torch, stable_hash
+from . import Context, Method, Output, need_images, register
+
+
+def kmeans(z: np.ndarray, k: int, restarts: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centres [k, d] and the final full assignment of every sample (k-means++ init, best of restarts)."""
+    from sklearn.cluster import KMeans
+    km = KMeans(n_clusters=k, n_init=restarts, random_state=seed).fit(z)
+    centres = km.cluster_centers_.astype(np.float32)
+    return centres, nearest(z, centres)
+
+
+def nearest(z: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    d = (z ** 2).sum(1, keepdims=True) - 2 * z @ centres.T + (centres ** 2).sum(1)
+    return d.argmin(1)
+
+
+def quantization_error(z: np.ndarray, centres: np.ndarray) -> float:
+    """Mean squared distance of each sample to its nearest centre (what k-means minimises)."""
+    return float(((z - centres[nearest(z, centres)]) ** 2).sum(1).mean())
+
+
+class PixelCoder:
+    def encode(self, x):
+        return x.flatten(1)
+
+    def decode(self, z, x_real, z_real):
+        return z.view(-1, *x_real.shape[1:])
+
+
+class TeacherCoder:
+    def __init__(self, teacher):
+        self.teacher = teacher
+
+    def encode(self, x):
+        return embed(self.teacher, x)[0]
+
+    def decode(self, z, x_real, z_real):  # medoid: the real image whose latent is nearest each centre
+        return x_real[torch.cdist(z, z_real).argmin(1)]
+
+
+class AutoEncoder(nn.Module):
+    """Two stride-2 convs down to a (latent_ch, H/4, W/4) code and two transposed convs back."""
+
+    def __init__(self, latent_ch: int = 8, width: int = 64):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(3, width, 4, 2, 1), nn.ReLU(), nn.Conv2d(width, width, 4, 2, 1),
+                                 nn.ReLU(), nn.Conv2d(width, latent_ch, 1))
+        self.dec = nn.Sequential(nn.Conv2d(latent_ch, width, 1), nn.ReLU(),
+                                 nn.ConvTranspose2d(width, width, 4, 2, 1), nn.ReLU(),
+                                 nn.ConvTranspose2d(width, 3, 4, 2, 1))
+
+    def forward(self, x):
+        return self.dec(self.enc(x))
+
+
+class AECoder:
+    def __init__(self, ae: AutoEncoder, shape):
+        self.ae, self.shape = ae.eval(), shape
+
+    @torch.no_grad()
+    def encode(self, x):
+        return torch.cat([self.ae.enc(x[i:i + 1000]).flatten(1) for i in range(0, len(x), 1000)])
+
+    @torch.no_grad()
+    def decode(self, z, x_real, z_real):
+        return self.ae.dec(z.view(len(z), -1, *self.shape))
+
+
+def train_autoencoder(ctx: Context, epochs: int, latent_ch: int, seed: int) -> AECoder:
+    """Train (or load from cache) the dataset's autoencoder: MSE reconstruction in normalised space."""
+    from ..teacher import data_hash
+    train = ctx.train
+    key = stable_hash([data_hash(train), list(train.mean), epochs, latent_ch, seed])
+    path = cache_dir() / "autoencoders" / f"ae_{key}.pt"
+    ae = AutoEncoder(latent_ch)
+    if path.is_file():
+        ae.load_state_dict(load_torch(path, "autoencoder"))
+    else:
+        cfg = TrainConfig(epochs=epochs, batch_size=256, optimizer="adamw", lr=2e-3, weight_decay=0.0,
+                          schedule="cosine", aug="none", channels_last=False)
+        with torch.enable_grad():  # callers may be inside no_grad
+            fit(_Recon(ae), train.images, train.labels, train.normalize, cfg, ctx.device, seed=seed,
+                desc="autoencoder", progress=ctx.progress, loss_fn=_Recon.loss)
+        save_torch({k: v.cpu() for k, v in ae.state_dict().items()}, path)
+    s = train.image_size // 4
+    return AECoder(ae.to(ctx.device), (s, s))
+
+
+class _Recon(nn.Module):
+    """Wraps the autoencoder for `fit`: the 'logits' are the reconstruction, the loss is per-image MSE."""
+
+    def __init__(self, ae):
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, x):
+        return torch.cat([self.ae(x).flatten(1), x.flatten(1)], 1)
+
+    @staticmethod
+    def loss(out, labels):
+        rec, x = out.chunk(2, dim=1)
+        return F.mse_loss(rec, x, reduction="none").mean(1)
+
+
+@register
+class DDOQ(Method):
+    """Weighted k-means per class in a latent space; decoded centres with their cell masses as weights."""
+    name = "ddoq"
+
+    @dataclass
+    class Config:
+        encoder: str = "teacher"     # pixel | teacher | autoencoder
+        restarts: int = 3            # k-means++ restarts (best inertia kept)
+        max_samples: int = 0         # cap on real samples per class fed to k-means (0 = all)
+        ae_epochs: int = 10
+        ae_latent_ch: int = 8
+        weighted: bool = True        # False: D4M-style unweighted prototypes (all weights 1)
+
+    @property
+    def needs_teacher(self):
+        return self.cfg.encoder == "teacher"
+
+    def coder(self, ctx: Context):
+        enc = self.cfg.encoder
+        if enc == "pixel":
+            return PixelCoder()
+        if enc == "teacher":
+            return TeacherCoder(ctx.teacher)
+        if enc == "autoencoder":
+            return train_autoencoder(ctx, self.cfg.ae_epochs, self.cfg.ae_latent_ch, seed=0)
+        raise DDKitError(f"unknown ddoq encoder {enc!r}; choose pixel, teacher or autoencoder")
+
+    @torch.no_grad()
+    def run(self, ctx: Context, classes: list[int]) -> Output:
+        cfg, coder = self.cfg, self.coder(ctx)
+        lo, hi = ctx.bounds()
+        xs, ys, ws, errs, rand_errs = [], [], [], [], []
+        for c in classes:
+            idx = need_images(ctx, c, ctx.ipc)
+            if cfg.max_samples and len(idx) > cfg.max_samples:
+                idx = idx[torch.randperm(len(idx), generator=ctx.gen)[:cfg.max_samples]]
+            x_real = ctx.real(idx)
+            z_real = coder.encode(x_real).float()
+            z = z_real.cpu().numpy()
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.gen))
+            centres, assign = kmeans(z, ctx.ipc, cfg.restarts, seed)
+            counts = np.bincount(assign, minlength=ctx.ipc).astype(np.float32)
+            pick = torch.randperm(len(z), generator=ctx.gen)[:ctx.ipc].numpy()
+            errs.append(quantization_error(z, centres))
+            rand_errs.append(quantization_error(z, z[pick]))   # random real samples as the quantizer
+            img = coder.decode(torch.from_numpy(centres).to(ctx.device), x_real, z_real)
+            xs.append(torch.maximum(torch.minimum(img, hi.view(1, -1, 1, 1).to(img.device)),
+                                    lo.view(1, -1, 1, 1).to(img.device)).cpu())
+            ys += [c] * ctx.ipc
+            ws.append(torch.from_numpy(counts) if cfg.weighted else torch.ones(ctx.ipc))
+        return Output(torch.cat(xs), torch.tensor(ys), torch.cat(ws),
+                      info={"quantization_error": float(np.mean(errs)),
+                            "random_quantization_error": float(np.mean(rand_errs)), "encoder": cfg.encoder})
