@@ -148,8 +148,8 @@ def cmd_distill(a) -> None:
 
 def cmd_select(a) -> None:
     from .select import SelectConfig, select
-    cfg = SelectConfig(criterion=a.criterion, keep=a.keep, seed=a.seed, proxy_epochs=a.proxy_epochs,
-                       keep_end=a.keep_end, teacher=a.teacher)
+    cfg = SelectConfig(criterion=a.criterion, keep=a.keep, keep_end=a.keep_end, proxy_epochs=a.proxy_epochs,
+                       teacher=a.teacher, reference=a.reference, ipc=a.ipc, seed=a.seed, subset=a.subset)
     info = select(a.data, cfg, a.out, a.device, progress=not a.quiet)
     print(json.dumps(info))
 
@@ -216,7 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-end", choices=["low", "high"], default="low", help="loss criterion: keep the "
                    "low-loss (easy, the paper's choice) or high-loss end")
     p.add_argument("--proxy-epochs", type=int, default=5)
-    p.add_argument("--teacher", help="causal criterion: the BN teacher whose statistics are matched")
+    p.add_argument("--teacher", help="loss: score with this model instead of training a proxy; "
+                   "causal: the BN teacher whose statistics the distiller matches")
+    p.add_argument("--reference", help="causal: a distilled run used as the synthetic set")
+    p.add_argument("--ipc", type=int, default=10, help="causal without --reference: random real images "
+                   "per class standing in for the synthetic set")
+    p.add_argument("--subset", help="select within an earlier selection (e.g. causal after loss)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="index file to write (.pt); a report is written beside it")
     _common(p)

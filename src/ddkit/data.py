@@ -218,13 +218,18 @@ def load_splits(spec: str, test_spec: str | None = None, image_size: int | None 
     return train, test
 
 
-def load_subset_file(path: str | os.PathLike, data: ImageData) -> ImageData:
-    """Apply a `ddkit select` index file (indices into the canonical training order)."""
+def read_subset(path: str | os.PathLike, num_samples: int) -> torch.Tensor:
+    """Indices (into the canonical training order) of a `ddkit select` file made for this dataset."""
     blob = load_torch(path, "subset file")
     if not isinstance(blob, dict) or "indices" not in blob or "num_samples" not in blob:
         raise DDKitError(f"{path} is not a ddkit subset file")
-    if blob["num_samples"] != len(data):
-        raise DDKitError(f"subset file {path} was made for {blob['num_samples']} samples, data has {len(data)}")
-    sub = data.subset(blob["indices"])
+    if blob["num_samples"] != num_samples:
+        raise DDKitError(f"subset file {path} was made for {blob['num_samples']} samples, data has {num_samples}")
+    return blob["indices"]
+
+
+def load_subset_file(path: str | os.PathLike, data: ImageData) -> ImageData:
+    """The samples of `data` kept by a `ddkit select` index file."""
+    sub = data.subset(read_subset(path, len(data)))
     sub.name = f"{data.name}[{Path(path).stem}]"
     return sub

@@ -71,6 +71,7 @@ def train_teacher(train: ImageData, test: ImageData | None, arch: str = "convnet
             save_torch(load_torch(cached), out)
         return model, {**ck, "cached": True, "path": str(out or cached)}
     device = torch.device(device)
+    torch.manual_seed(seed)  # the initial weights are part of what the seed reproduces
     model = build_model(arch, train.num_classes, train.image_size)
     t0 = time.time()
     hist = fit(model, train.images, train.labels, train.normalize, recipe, device, seed=seed,

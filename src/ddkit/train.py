@@ -78,12 +78,13 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norma
 def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize, cfg: TrainConfig,
         device: torch.device, *, seed: int = 0, teacher: nn.Module | None = None,
         weights: torch.Tensor | None = None, checkpoint: str | None = None, desc: str = "train",
-        progress: bool = True, loss_fn=None) -> dict:
+        progress: bool = True, loss_fn=None, on_batch=None) -> dict:
     """Train `model` in place. `images` are uint8 or [0,1] floats; `normalize` maps them to model input.
 
     With `teacher`, the loss is the soft-label KL on the same augmented view (labels are then unused
     except for bookkeeping). `loss_fn(out, labels) -> per-sample loss` replaces cross-entropy (e.g. an
-    autoencoder's reconstruction). With `checkpoint`, state is saved every epoch and a rerun resumes from it.
+    autoencoder's reconstruction); `on_batch(idx, per_sample_loss)` sees every step's losses (used to
+    score samples during training at no extra cost). With `checkpoint`, state is saved every epoch and a rerun resumes from it.
     """
     if len(labels) == 0:
         raise DDKitError("no training images")
@@ -146,6 +147,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             loss.backward()
             opt.step()
             tot += loss.item()
+            if on_batch is not None:
+                on_batch(idx, per.detach())
         history["loss"].append(tot / steps_per_epoch)
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
         if checkpoint:

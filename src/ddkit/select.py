@@ -1,0 +1,200 @@
+"""Data selection before distillation (BiLP, "Distill Gold from Massive Ores"), per class.
+
+- `loss` (static): train a proxy ConvNet-3 on the data for a few epochs and average every sample's
+  training loss over them (read off the training steps, so scoring costs nothing beyond the proxy);
+  keep the low-loss (easy) end of each class, or the high-loss end with keep_end="high". A trained
+  model can be given instead of the proxy (`--teacher`): one scoring pass, no training.
+- `causal` (dynamic): the first-order individual treatment effect of each real sample on the gradient
+  that the recover loss sends to the synthetic set. With the BN-matching loss ||mu_s - mu_r||_2 per class,
+  removing x moves mu_r by (mu_r - f(x)) / (n - 1) and the gradient direction u = (mu_s - mu_r)/||.||
+  by -(I - u u^T)(mu_r - f(x)) / ((n - 1) ||mu_s - mu_r||), so ||ITE(x)|| is proportional to the part of
+  x's deviation from the class statistics orthogonal to the current mismatch (summed over BN layers,
+  means and variances, first layer x10). The synthetic set D_s is a reference run or, by default, the
+  random real IPC images every real-init method starts from. Both tails are dropped (smallest = no effect,
+  largest = outliers), (1 - keep)/2 each.
+- `random`: the control, same per-class counts.
+Indices always refer to the full dataset's canonical order, so selections chain (`--subset` in, index out).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .data import ImageData, load_data, read_subset
+from .models import build_model
+from .train import teacher_recipe, fit
+from .utils import DDKitError, atomic_path, resolve_device, save_torch
+
+
+@dataclass
+class SelectConfig:
+    criterion: str = "loss"      # loss | causal | random
+    keep: float = 0.5            # fraction of each class kept
+    keep_end: str = "low"        # loss: keep the low-loss (easy) or high-loss end
+    proxy_epochs: int = 5
+    teacher: str | None = None   # loss: score with this model instead of a proxy; causal: the BN teacher
+    reference: str | None = None  # causal: distilled run whose statistics are D_s
+    ipc: int = 10                # causal without reference: size of the random real D_s per class
+    seed: int = 0
+    subset: str | None = None    # select within an earlier selection (indices stay global)
+
+
+def keep_count(n: int, keep: float) -> int:
+    return max(1, int(round(n * keep)))
+
+
+def proxy_losses(data: ImageData, epochs: int, seed: int, device, progress: bool) -> torch.Tensor:
+    """Mean training loss of every sample over `epochs` of a fresh ConvNet-3 (the BiLP static score)."""
+    total = torch.zeros(len(data), device=device)
+    seen = torch.zeros(len(data), device=device)
+
+    def record(idx, per):
+        total.index_add_(0, idx, per.float())
+        seen.index_add_(0, idx, torch.ones_like(per, dtype=torch.float))
+    torch.manual_seed(seed)
+    model = build_model("convnet3", data.num_classes, data.image_size)
+    fit(model, data.images, data.labels, data.normalize, teacher_recipe(epochs), device, seed=seed,
+        desc="proxy", progress=progress, on_batch=record)
+    return (total / seen.clamp_min(1)).cpu()
+
+
+@torch.no_grad()
+def model_losses(model: nn.Module, data: ImageData, device) -> torch.Tensor:
+    out = []
+    for i in range(0, len(data), 1000):
+        x = data.normalize(data.images[i:i + 1000].to(device))
+        out.append(nn.functional.cross_entropy(model(x), data.labels[i:i + 1000].to(device), reduction="none"))
+    return torch.cat(out).cpu()
+
+
+@torch.no_grad()
+def bn_features(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per sample and BN layer: spatial mean and spatial mean of squares of the BN input, [n, C] each."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns:
+        raise DDKitError("the causal criterion needs a teacher with BatchNorm layers")
+    store: list[list] = [[] for _ in bns]
+    hooks = [bn.register_forward_hook(lambda m, i, o, k=k: store[k].append(
+        (i[0].float().mean((2, 3)), i[0].float().pow(2).mean((2, 3))))) for k, bn in enumerate(bns)]
+    try:
+        for i in range(0, len(x), batch_size):
+            model(x[i:i + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+    return [(torch.cat([a for a, _ in s]), torch.cat([b for _, b in s])) for s in store]
+
+
+def causal_scores(real: list, synth: list, first_mult: float = 10.0) -> torch.Tensor:
+    """||ITE|| of each real sample of one class (see the module docstring), from bn_features outputs."""
+    score = torch.zeros(len(real[0][0]), device=real[0][0].device)
+    for layer, ((m_r, q_r), (m_s, q_s)) in enumerate(zip(real, synth)):
+        mult = first_mult if layer == 0 else 1.0
+        for stat_r, stat_s in ((m_r, m_s), (q_r, q_s)):     # means, then second moments (-> variances)
+            mu_r, mu_s = stat_r.mean(0), stat_s.mean(0)
+            gap = mu_s - mu_r
+            norm = gap.norm().clamp_min(1e-8)
+            u = gap / norm
+            dev = stat_r - mu_r                                  # f(x) - mu_r for each sample
+            ortho = dev - (dev @ u)[:, None] * u[None]
+            score = score + (mult * ortho.norm(dim=1) / norm) ** 2
+    return score.sqrt()
+
+
+def select(data_spec: str, cfg: SelectConfig, out: str | Path, device: str = "auto",
+           progress: bool = True) -> dict:
+    """Write the index file `out` (+ `out`.json summary and `out`.png score histogram); return the summary."""
+    if not 0 < cfg.keep <= 1:
+        raise DDKitError(f"--keep must be in (0, 1], got {cfg.keep}")
+    if cfg.criterion not in ("loss", "causal", "random"):
+        raise DDKitError(f"unknown criterion {cfg.criterion!r}; choose loss, causal or random")
+    if cfg.keep_end not in ("low", "high"):
+        raise DDKitError(f"--keep-end must be low or high, got {cfg.keep_end!r}")
+    dev = resolve_device(device)
+    full = load_data(data_spec, "train")
+    base = torch.arange(len(full))
+    if cfg.subset:
+        base = read_subset(cfg.subset, len(full))
+    data = full.subset(base)
+    t0 = time.time()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    teacher = None
+    if cfg.teacher:
+        from .teacher import load_checkpoint
+        teacher, ck = load_checkpoint(cfg.teacher, data.classes, device=dev)
+        data.mean, data.std = tuple(ck["mean"]), tuple(ck["std"])
+    if cfg.criterion == "random":
+        scores = torch.rand(len(data), generator=gen)
+    elif cfg.criterion == "loss":
+        scores = model_losses(teacher, data, dev) if teacher is not None else \
+            proxy_losses(data, cfg.proxy_epochs, cfg.seed, dev, progress)
+    else:
+        if teacher is None:
+            raise DDKitError("--criterion causal needs --teacher (the BN teacher the distiller matches)")
+        scores = torch.zeros(len(data))
+        ref = None
+        if cfg.reference:
+            from .evaluate import align_classes
+            from .rundir import read_run
+            ref = read_run(cfg.reference)
+            ref_labels = align_classes(ref, data.classes)
+        for c in range(data.num_classes):
+            idx = data.class_indices(c)
+            if ref is not None:
+                xs = data.normalize(ref.images[ref_labels == c].to(dev))
+            else:
+                pick = idx[torch.randperm(len(idx), generator=gen)[:cfg.ipc]]
+                xs = data.normalize(data.images[pick].to(dev))
+            if len(xs) == 0:
+                raise DDKitError(f"reference run has no images of class {data.classes[c]!r}")
+            real = bn_features(teacher, data.normalize(data.images[idx].to(dev)))
+            scores[idx] = causal_scores(real, bn_features(teacher, xs)).cpu()
+    kept, counts = [], {}
+    for c in range(data.num_classes):
+        idx = data.class_indices(c)
+        k = keep_count(len(idx), cfg.keep)
+        order = idx[scores[idx].argsort(stable=True)]
+        if cfg.criterion == "causal":
+            lo = (len(idx) - k) // 2
+            chosen = order[lo:lo + k]                  # drop both tails
+        elif cfg.criterion == "loss" and cfg.keep_end == "high":
+            chosen = order[len(order) - k:]
+        else:
+            chosen = order[:k]                         # low loss, or random order
+        kept.append(chosen)
+        counts[data.classes[c]] = int(k)
+    local = torch.cat(kept).sort().values
+    indices = base[local]
+    wall = round(time.time() - t0, 2)
+    out = Path(out)
+    summary = {"config": asdict(cfg), "data": data_spec, "num_samples": len(full), "num_kept": len(indices),
+               "per_class": counts, "selection_wall_s": wall, "device": str(dev)}
+    save_torch({"indices": indices, "num_samples": len(full), "scores": scores, "scored_indices": base,
+                "summary": json.dumps(summary)}, out)
+    with atomic_path(out.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    _histogram(scores, scores[local], cfg.criterion, out.with_suffix(".png"))
+    return summary
+
+
+def _histogram(all_scores: torch.Tensor, kept: torch.Tensor, criterion: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3))
+    bins = max(10, int(math.sqrt(len(all_scores))))
+    rng = (all_scores.min().item(), all_scores.max().item())
+    ax.hist(all_scores.numpy(), bins=bins, range=rng, color="lightgray", label="all")
+    ax.hist(kept.numpy(), bins=bins, range=rng, color="tab:blue", alpha=0.7, label="kept")
+    ax.set(xlabel=f"{criterion} score", ylabel="samples")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
