@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
-from .utils import DDKitError
+from .utils import DDKitError, request_stop
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -240,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, request_stop)  # pre-emption: save state, exit with a message
     try:
         args.fn(args)
     except DDKitError as e:

@@ -122,7 +122,7 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
         if gi % world != rank or path.is_file():
             continue  # another rank's group, or finished before an interruption
         gen = torch.Generator().manual_seed(group_seed(cfg.seed, classes[0]))
-        ctx = Context(train, teacher, cfg.ipc, dev, gen, progress)
+        ctx = Context(train, teacher, cfg.ipc, dev, gen, progress, checkpoint=str(path.with_suffix(".ckpt")))
         tg = time.time()
         res = method.run(ctx, classes)
         save_torch({"x": res.x, "labels": res.labels, "weights": res.weights,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .augment import crop_resize, random_flip, sample_boxes
-from .utils import DDKitError
+from .utils import STOP, DDKitError, load_torch, save_torch
 
 
 @dataclass
@@ -35,6 +35,7 @@ class RecoverConfig:
     jitter: int = 0                 # random roll (px) shared by the batch, SRe2L's 32x32 augmentation
     flip: bool = True
     log_every: int = 10
+    checkpoint_every: int = 50      # steps between checkpoints (when the driver gives a path)
 
 
 class BNStatLoss:
@@ -49,9 +50,7 @@ class BNStatLoss:
         self.handles = [bn.register_forward_hook(self._hook) for bn in self.bns]
 
     def _hook(self, module, inputs, output):
-        x = inputs[0].float()
-        mean = x.mean(dim=(0, 2, 3))
-        var = x.var(dim=(0, 2, 3), unbiased=False)
+        var, mean = torch.var_mean(inputs[0].float(), dim=(0, 2, 3), unbiased=False)
         self.terms.append(torch.linalg.vector_norm(mean - module.running_mean) +
                           torch.linalg.vector_norm(var - module.running_var))
 
@@ -90,6 +89,12 @@ class UniformSampler:
     def done(self, it: int) -> bool:
         return False
 
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 @dataclass
 class RecoverResult:
@@ -103,8 +108,14 @@ class RecoverResult:
 
 def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverConfig, lo: torch.Tensor,
             hi: torch.Tensor, gen: torch.Generator, start_iter: torch.Tensor | None = None,
-            sampler=None, progress: bool = True, desc: str = "recover") -> RecoverResult:
-    """Optimise x0 (normalised, on the teacher's device) against the frozen teacher."""
+            sampler=None, progress: bool = True, desc: str = "recover", checkpoint: str | None = None
+            ) -> RecoverResult:
+    """Optimise x0 (normalised, on the teacher's device) against the frozen teacher.
+
+    With `checkpoint`, the whole state (pixels, Adam, generator, sampler, step, curve) is saved every
+    cfg.checkpoint_every steps and on a stop request (SIGTERM); a later call with the same arguments
+    continues from it and ends bit-identical to an uninterrupted run.
+    """
     device = x0.device
     teacher.eval()
     for p in teacher.parameters():
@@ -119,10 +130,34 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
     curve = {"iteration": [], "ce": [], "bn": [], "loss": []}
     lo, hi = lo.to(device).view(1, -1, 1, 1), hi.to(device).view(1, -1, 1, 1)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    t0, passes, it = time.time(), 0, 0
-    bar = tqdm(range(cfg.iterations), desc=desc, disable=not progress, leave=False)
+    t0, passes, it, first = time.time(), 0, 0, 0
+    if checkpoint:
+        try:
+            st = load_torch(checkpoint, "recover checkpoint")
+        except DDKitError:
+            st = None  # none yet (or unreadable: start over rather than trust it)
+        if st is not None:
+            with torch.no_grad():
+                x.copy_(st["x"].to(device))
+            opt.load_state_dict(st["opt"])
+            gen.set_state(st["gen"])
+            sampler.load_state_dict(st["sampler"])
+            updates, curve, passes, first = st["updates"], st["curve"], st["passes"], st["it"]
+
+    def save(next_it: int):
+        save_torch({"x": x.detach().cpu(), "opt": opt.state_dict(), "gen": gen.get_state(), "it": next_it,
+                    "sampler": sampler.state_dict(), "updates": updates, "curve": curve, "passes": passes},
+                   checkpoint)
+
+    bar = tqdm(range(first, cfg.iterations), desc=desc, disable=not progress, leave=False, initial=first,
+               total=cfg.iterations)
     try:
         for it in bar:
+            if checkpoint and it > first and (it % cfg.checkpoint_every == 0 or STOP["requested"]):
+                save(it)
+                if STOP["requested"]:
+                    raise DDKitError(f"{desc}: stopped at iteration {it}, state saved; rerun the same "
+                                     f"command to resume")
             active = torch.nonzero(start <= it).flatten()
             if len(active) == 0:
                 continue

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .augment import random_resized_crop, random_translate
-from .utils import DDKitError, load_torch, save_torch
+from .utils import STOP, DDKitError, load_torch, save_torch
 
 
 @dataclass
@@ -122,6 +122,9 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
         perm = torch.randperm(n, generator=gen).to(device)
         tot = 0.0
         for b in range(steps_per_epoch):
+            if STOP["requested"]:
+                raise DDKitError(f"{desc}: stopped in epoch {epoch}" + ("; finished epochs are saved, rerun to "
+                                                                        "resume" if checkpoint else ""))
             idx = perm[b * bs:(b + 1) * bs]
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * _lr_factor(cfg, epoch * steps_per_epoch + b, total)

@@ -19,6 +19,13 @@ class DDKitError(Exception):
     """A user-facing problem (bad input, mismatch). The CLI prints it as one line and exits 2."""
 
 
+STOP = {"requested": False}  # set on SIGTERM: long loops save their state at the next step and exit
+
+
+def request_stop(*_):
+    STOP["requested"] = True
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

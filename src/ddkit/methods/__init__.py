@@ -32,6 +32,7 @@ class Context:
     device: torch.device
     gen: torch.Generator
     progress: bool = True
+    checkpoint: str | None = None   # where an optimising method keeps its resumable state
 
     def real(self, idx: torch.Tensor) -> torch.Tensor:
         """Normalised real images at `idx`, on the device."""

@@ -41,7 +41,7 @@ class SRe2L(Method):
         x0 = torch.randn(len(y), 3, size, size, generator=ctx.gen).to(ctx.device)
         lo, hi = ctx.bounds()
         res = recover(ctx.teacher, x0, y, _recover_cfg(self.cfg), lo, hi, ctx.gen, progress=ctx.progress,
-                      desc=f"sre2l {classes[0]}..{classes[-1]}")
+                      desc=f"sre2l {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint)
         return Output(res.x.cpu(), y, info=_summary(res))
 
 
@@ -114,7 +114,7 @@ class DELT(Method):
         start = torch.tensor(rounds * len(classes)) * cfg.round_iters
         lo, hi = ctx.bounds()
         res = recover(ctx.teacher, x0, y, _recover_cfg(cfg), lo, hi, ctx.gen, start_iter=start,
-                      progress=ctx.progress, desc=f"delt {classes[0]}..{classes[-1]}")
+                      progress=ctx.progress, desc=f"delt {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint)
         return Output(res.x.cpu(), y, info=_summary(res, start_iter=start.tolist()))
 
 
@@ -165,6 +165,14 @@ class E2DSampler(UniformSampler):
     def done(self, it):
         return self.cfg.early_stop and not self.exploring(it) and not any(self.memory)
 
+    def state_dict(self):
+        return {"memory": [[list(k) + [v] for k, v in m.items()] for m in self.memory],
+                "exploit_steps": self.exploit_steps}
+
+    def load_state_dict(self, state):
+        self.memory = [{tuple(r[:4]): r[4] for r in m} for m in state["memory"]]
+        self.exploit_steps = state["exploit_steps"]
+
 
 @register
 class E2D(Method):
@@ -195,6 +203,6 @@ class E2D(Method):
         sampler = E2DSampler(cfg, size, len(y))
         lo, hi = ctx.bounds()
         res = recover(ctx.teacher, x0, y, _recover_cfg(cfg), lo, hi, ctx.gen, sampler=sampler,
-                      progress=ctx.progress, desc=f"e2d {classes[0]}..{classes[-1]}")
+                      progress=ctx.progress, desc=f"e2d {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint)
         return Output(res.x.cpu(), y, info=_summary(res, exploit_steps=sampler.exploit_steps,
                                                    memory_left=sum(len(m) for m in sampler.memory)))
