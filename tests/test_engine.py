@@ -53,3 +53,13 @@ def test_start_iter_limits_updates(teacher_path):
     res = recover(teacher, x0, y, cfg, lo, hi, torch.Generator().manual_seed(0), start_iter=start, progress=False)
     assert res.updates.tolist() == [10, 10, 7, 7, 3, 3]
     assert not torch.equal(res.x[4:], x0[4:])
+
+
+def test_batch_stats_match_var_mean_values_and_gradients():
+    from ddkit.engine import BatchStats
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last) * 2 + 1
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(BatchStats.apply, (x,))
+    v, m = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+    m2, v2 = BatchStats.apply(x)
+    assert torch.allclose(m, m2) and torch.allclose(v, v2)

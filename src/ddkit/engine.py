@@ -38,6 +38,34 @@ class RecoverConfig:
     checkpoint_every: int = 50      # steps between checkpoints (when the driver gives a path)
 
 
+class BatchStats(torch.autograd.Function):
+    """Per-channel mean and biased variance over (N, H, W), with a fused backward.
+
+    Autograd through var_mean spends more CPU time than the convolutions of a ConvNet-3 (profiled:
+    ~40 % of a recover step in elementwise mul/div/fill). Here the forward is two reductions over the
+    [N*H*W, C] view (free for channels_last) and the backward is one addcmul over x:
+    d/dx = g_mean / n + 2 g_var (x - mean) / n.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        flat = x.detach().permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+        n = flat.shape[0]
+        mean = flat.sum(0) / n
+        var = ((flat * flat).sum(0) / n - mean.square()).clamp_min(0)  # a column vector_norm is 10x slower
+        ctx.save_for_backward(x, mean)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx, g_mean, g_var):
+        x, mean = ctx.saved_tensors
+        n = x.numel() // x.shape[1]
+        g_mean = torch.zeros_like(mean) if g_mean is None else g_mean
+        a = torch.zeros_like(mean) if g_var is None else g_var * (2.0 / n)
+        c = g_mean / n - a * mean
+        return torch.addcmul(c.view(1, -1, 1, 1), x, a.view(1, -1, 1, 1))
+
+
 class BNStatLoss:
     """Forward hooks on every BatchNorm2d: distance of batch statistics of its input to running stats."""
 
@@ -50,7 +78,7 @@ class BNStatLoss:
         self.handles = [bn.register_forward_hook(self._hook) for bn in self.bns]
 
     def _hook(self, module, inputs, output):
-        var, mean = torch.var_mean(inputs[0].float(), dim=(0, 2, 3), unbiased=False)
+        mean, var = BatchStats.apply(inputs[0].float())
         self.terms.append(torch.linalg.vector_norm(mean - module.running_mean) +
                           torch.linalg.vector_norm(var - module.running_var))
 
