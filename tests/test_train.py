@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from ddkit.models import build_model
+from ddkit.train import TrainConfig, fit
+from ddkit.utils import STOP, DDKitError, load_torch
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(8, 3, 8, 8, generator=g), torch.arange(8) % 2
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    x, y = _data()
+    ck = tmp_path / "ck.pt"
+    m = build_model("convnet3", 2, 8)
+    fit(m, x, y, lambda t: t, TrainConfig(epochs=1, batch_size=8, aug="none"), torch.device("cpu"), checkpoint=str(ck),
+        progress=False)
+    good = load_torch(ck)["model"]
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(DDKitError, match="loss became nan.*last good checkpoint kept"):
+        fit(m, bad, y, lambda t: t, TrainConfig(epochs=2, batch_size=8, aug="none"), torch.device("cpu"),
+            checkpoint=str(ck), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(good.values(), load_torch(ck)["model"].values()))
+
+
+def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+    x, y = _data()
+    cfg = TrainConfig(epochs=4, batch_size=4, aug="rrc")
+    torch.manual_seed(0)
+    ref = build_model("convnet3", 2, 8)
+    fit(ref, x, y, lambda t: t, cfg, torch.device("cpu"), progress=False)
+    ck, steps = str(tmp_path / "ck.pt"), []
+
+    def preempt(idx, per):
+        steps.append(1)
+        if len(steps) == 5:  # first step of epoch 3: epochs 1-2 are checkpointed
+            raise KeyboardInterrupt
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(build_model("convnet3", 2, 8), x, y, lambda t: t, cfg, torch.device("cpu"), checkpoint=ck,
+            progress=False, on_batch=preempt)
+    assert load_torch(ck)["epoch"] == 2
+    m = build_model("convnet3", 2, 8)  # fresh weights: everything must come from the checkpoint
+    fit(m, x, y, lambda t: t, cfg, torch.device("cpu"), checkpoint=ck, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), m.state_dict().values()))
+
+
+def test_stop_request_interrupts_training(tmp_path):
+    x, y = _data()
+    STOP["requested"] = True
+    try:
+        with pytest.raises(DDKitError, match="stopped"):
+            fit(build_model("convnet3", 2, 8), x, y, lambda t: t, TrainConfig(epochs=1), torch.device("cpu"),
+                progress=False)
+    finally:
+        STOP["requested"] = False
