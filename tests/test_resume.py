@@ -11,7 +11,7 @@ import torch
 from ddkit.rundir import read_run
 
 
-def _cmd(dataset, teacher_path, out, method="e2d", iters=300):
+def _cmd(dataset, teacher_path, out, method="e2d", iters=100):
     return [sys.executable, "-m", "ddkit", "distill", "--method", method, "--ipc", "2", "--data", str(dataset),
             "--teacher", str(teacher_path), "--out", str(out), "--classes-per-group", "1", "--quiet",
             "--set", f"iterations={iters}", "--set", "checkpoint_every=7"]
