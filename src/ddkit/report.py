@@ -23,6 +23,8 @@ def image_grid(run: Path, out: Path) -> None:
         rows.append(torch.cat([imgs, pad]) if len(imgs) < MAX_PER_ROW else imgs)
     width = min(MAX_PER_ROW, max(int((ds.labels == c).sum()) for c in range(len(ds.classes))))
     grid = torch.stack([r[:width] for r in rows]).flatten(0, 1)
+    if grid.shape[-1] < 32:  # tiny images (8x8 digits) are unreadable at 1:1
+        grid = torch.nn.functional.interpolate(grid, scale_factor=32 // grid.shape[-1], mode="nearest")
     with atomic_path(out) as tmp:
         save_image(grid, tmp, nrow=width, padding=1, pad_value=1.0, format="png")
 
