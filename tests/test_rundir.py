@@ -48,3 +48,14 @@ def test_existing_output_is_refused_and_failure_leaves_nothing(tmp_path, monkeyp
 def test_missing_run_is_clear(tmp_path):
     with pytest.raises(DDKitError, match="not found"):
         read_run(tmp_path / "nope")
+
+
+def test_ddranking_export_has_images_and_soft_labels(tmp_path, teacher_path):
+    from ddkit.rundir import export_ddranking
+    from ddkit.teacher import load_checkpoint
+    teacher, ck = load_checkpoint(teacher_path)
+    run = write_run(tmp_path / "run", _set(["cat", "dog", "frog"]), {}, {})
+    out = export_ddranking(run, tmp_path / "dd", teacher, ck["mean"], ck["std"])
+    images, labels = torch.load(out / "images.pt"), torch.load(out / "labels.pt")
+    assert images.shape == (6, 3, 8, 8) and labels.shape == (6, 3)
+    assert torch.load(out / "hard_labels.pt").tolist() == [0, 0, 1, 1, 2, 2]

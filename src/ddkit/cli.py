@@ -161,6 +161,15 @@ def cmd_report(a) -> None:
     print(write_report(a.run))
 
 
+def cmd_export(a) -> None:
+    from .rundir import export_ddranking, read_json
+    from .teacher import load_checkpoint
+    teacher_path = a.teacher or read_json(Path(a.run) / "config.json").get("distill", {}).get("teacher")
+    teacher, ck = load_checkpoint(teacher_path) if teacher_path else (None, {})
+    out = export_ddranking(a.run, a.out, teacher, ck.get("mean"), ck.get("std"))
+    print(json.dumps({"export": str(out), "soft_labels": teacher is not None}))
+
+
 def cmd_demo(a) -> None:
     from .demo import run_demo
     run_demo(a.out, a.device, progress=not a.quiet)
@@ -232,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="(re)write report.md, grid.png and curves.png of a run")
     p.add_argument("run")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("export", help="write a run as DD-Ranking tensors (images.pt, labels.pt)")
+    p.add_argument("run")
+    p.add_argument("--out", required=True)
+    p.add_argument("--teacher", help="teacher for soft labels (default: the run's)")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("demo", help="offline end-to-end demo on scikit-learn's digits (< 2 min on 2 cores)")
     p.add_argument("--out", default="runs/demo")
