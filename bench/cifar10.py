@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from ddkit.data import load_data
-from ddkit.distill import DistillConfig, distill
+from ddkit.distill import DistillConfig, distill, diversity
 from ddkit.evaluate import EvalConfig, evaluate_set
 from ddkit.report import write_report
-from ddkit.rundir import read_json, read_run
+from ddkit.rundir import read_json, read_run, update_metrics
 from ddkit.teacher import load_checkpoint
 from ddkit.utils import atomic_path, resolve_device, save_json
 
@@ -53,8 +53,10 @@ def run_one(name, ipc, a, dev, teacher, test) -> dict:
     if not (run / "data.pt").is_file():
         distill(DistillConfig(method=method_of(name), ipc=ipc, data=a.data, teacher=str(a.teacher),
                               subset=a.subset, seed=0, settings=settings), run, dev, progress=not a.quiet)
-    m = read_json(run / "metrics.json")
     ds = read_run(run)
+    if read_json(run / "metrics.json").get("diversity_cos") is None:   # a run made without a teacher
+        update_metrics(run, diversity_cos=diversity(teacher, test.normalize(ds.images.to(dev)), ds.labels.to(dev)))
+    m = read_json(run / "metrics.json")
     row = {"set": tag, "method": name, "ipc": ipc, "settings": settings, "synthesis_wall_s": m["synthesis_wall_s"],
            "diversity_cos": m.get("diversity_cos"), "quantization_error": m.get("quantization_error"),
            "image_updates": m.get("image_updates"), "results": {}}
