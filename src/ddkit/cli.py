@@ -133,8 +133,12 @@ def cmd_evaluate(a) -> None:
 def cmd_distill(a) -> None:
     from .distill import DistillConfig, distill
     from .report import write_report
-    cfg = DistillConfig(method=a.method, ipc=a.ipc, data=a.data, teacher=a.teacher, subset=a.subset,
-                        seed=a.seed, classes_per_group=a.classes_per_group, settings=_settings(a.set))
+
+    def absolute(p):  # the run's config must still point at its inputs when read from another folder
+        return str(Path(p).resolve()) if p and Path(p).exists() else p
+    cfg = DistillConfig(method=a.method, ipc=a.ipc, data=absolute(a.data), teacher=absolute(a.teacher),
+                        subset=absolute(a.subset), seed=a.seed, classes_per_group=a.classes_per_group,
+                        settings=_settings(a.set))
     out = distill(cfg, a.out, a.device, overwrite=a.overwrite, progress=not a.quiet)
     if out is None:
         return  # non-zero torchrun rank: rank 0 writes the run
