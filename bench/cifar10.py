@@ -118,7 +118,6 @@ def main():
     teacher, ck = load_checkpoint(a.teacher, device=dev)
     a.teacher_info = f"{ck['arch']} {100 * ck['test_acc']:.1f} % test" if ck.get("test_acc") else ck["arch"]
     test = load_data(a.data, "test", stats=(tuple(ck["mean"]), tuple(ck["std"])))
-    test.mean, test.std = tuple(ck["mean"]), tuple(ck["std"])
     rows, t0 = [], time.time()
     for ipc in a.ipc:
         for name in a.methods:

@@ -78,7 +78,6 @@ def _load_eval_inputs(data: str | None, teacher_path: str | None, device):
     if teacher_path:
         teacher, ck = load_checkpoint(teacher_path, device=device)
         test = load_data(data, "test", stats=(tuple(ck["mean"]), tuple(ck["std"])))
-        test.mean, test.std = tuple(ck["mean"]), tuple(ck["std"])
         if list(test.classes) != list(ck["classes"]):
             raise DDKitError(f"teacher {teacher_path} classes {ck['classes'][:3]}... differ from test classes "
                              f"{test.classes[:3]}...")

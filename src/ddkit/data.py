@@ -190,18 +190,24 @@ def split_dirs(spec: str) -> tuple[Path, Path | None]:
 
 def load_data(spec: str, split: str = "train", image_size: int | None = None,
               stats: tuple | None = None) -> ImageData:
-    """Load a split by dataset name ('digits', 'cifar10', 'cifar100') or ImageFolder path."""
+    """Load a split by dataset name ('digits', 'cifar10', 'cifar100') or ImageFolder path.
+
+    `stats` = (mean, std) to normalise with (e.g. a teacher's training statistics) instead of the split's own.
+    """
     if split not in ("train", "test"):
         raise DDKitError(f"unknown split {split!r}")
     if spec in NAMED and not Path(spec).exists():
         data = load_digits(split) if spec == "digits" else load_torchvision(spec, split)
-        return data
-    train_dir, test_dir = split_dirs(spec)
-    if split == "test":
-        if test_dir is None:
-            raise DDKitError(f"no test/ or val/ split beside {train_dir}; pass --test-data")
-        train_dir = test_dir
-    return load_image_folder(train_dir, image_size, stats=stats)
+    else:
+        train_dir, test_dir = split_dirs(spec)
+        if split == "test":
+            if test_dir is None:
+                raise DDKitError(f"no test/ or val/ split beside {train_dir}; pass --test-data")
+            train_dir = test_dir
+        data = load_image_folder(train_dir, image_size, stats=stats)
+    if stats is not None:
+        data.mean, data.std = tuple(stats[0]), tuple(stats[1])
+    return data
 
 
 def load_splits(spec: str, test_spec: str | None = None, image_size: int | None = None) -> tuple[ImageData, ImageData]:
@@ -209,7 +215,6 @@ def load_splits(spec: str, test_spec: str | None = None, image_size: int | None 
     train = load_data(spec, "train", image_size)
     test = load_data(test_spec, "train", image_size, stats=(train.mean, train.std)) if test_spec \
         else load_data(spec, "test", image_size, stats=(train.mean, train.std))
-    test.mean, test.std = train.mean, train.std
     if test.classes != train.classes:
         raise DDKitError(f"test classes {test.classes[:5]}... differ from train classes {train.classes[:5]}...")
     if test.images.shape[1:] != train.images.shape[1:]:
