@@ -21,7 +21,7 @@ import torch
 
 from ddkit.data import load_data
 from ddkit.distill import DistillConfig, distill, diversity
-from ddkit.evaluate import EvalConfig, evaluate_set, summarize
+from ddkit.evaluate import EvalConfig, evaluate_set, summarize_entry
 from ddkit.report import write_report
 from ddkit.rundir import read_json, read_run, update_metrics
 from ddkit.teacher import load_checkpoint
@@ -64,10 +64,8 @@ def run_one(name, ipc, a, dev, teacher, test) -> dict:
         cfg = EvalConfig(archs=tuple(a.archs), seeds=a.seeds, label_mode=labels, epochs=a.epochs)
         evaluate_set(ds, test, teacher, cfg, dev, run=run, progress=not a.quiet)
     for key, e in read_json(run / "metrics.json")["evaluation"].items():  # also protocols run earlier
-        accs = [s["acc"] for s in e["seeds"].values()]
-        if f"/e{a.epochs}-" in key and len(accs) >= a.seeds:
-            walls = [s["wall_s"] for s in e["seeds"].values()]
-            row["results"][key] = {**summarize(accs), "wall_s_per_seed": round(sum(walls) / len(walls), 1)}
+        if f"/e{a.epochs}-" in key and len(e["seeds"]) >= a.seeds:
+            row["results"][key] = summarize_entry(e)
     write_report(run)
     save_json(row, a.out / f"{tag}.json")
     return row

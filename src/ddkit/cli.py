@@ -114,17 +114,15 @@ def cmd_evaluate(a) -> None:
         ds = DistilledSet(train.images, train.labels, train.classes)  # uint8 is fine for fit()
         results = evaluate_set(ds, test, teacher, _eval_config(a), dev, progress=not a.quiet)
         _print_results(f"full real data ({len(train)} images)", results)
-        if a.json:
-            Path(a.json).write_text(json.dumps(results, indent=2))
-        return
-    ds = read_run(a.run)
-    is_ddkit_run = (Path(a.run) / "metrics.json").is_file()
-    t0 = time.time()
-    results = evaluate_set(ds, test, teacher, _eval_config(a), dev, run=a.run if is_ddkit_run else None,
-                           progress=not a.quiet)
-    if is_ddkit_run:
-        write_report(a.run)
-    _print_results(f"{a.run}: {len(ds.labels)} images, evaluated in {time.time() - t0:.0f} s", results)
+    else:
+        ds = read_run(a.run)
+        is_ddkit_run = (Path(a.run) / "metrics.json").is_file()
+        t0 = time.time()
+        results = evaluate_set(ds, test, teacher, _eval_config(a), dev, run=a.run if is_ddkit_run else None,
+                               progress=not a.quiet)
+        if is_ddkit_run:
+            write_report(a.run)
+        _print_results(f"{a.run}: {len(ds.labels)} images, evaluated in {time.time() - t0:.0f} s", results)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
 

@@ -16,7 +16,7 @@ from .evaluate import EvalConfig, evaluate_set
 from .methods import METHODS
 from .report import write_report
 from .rundir import DistilledSet, read_json, read_run
-from .teacher import train_teacher
+from .teacher import load_checkpoint, train_teacher
 from .train import teacher_recipe
 from .utils import resolve_device
 
@@ -34,6 +34,7 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
                           out=out / "teacher.pt", progress=progress)
     print(f"teacher convnet3 on digits: test accuracy {100 * ck['test_acc']:.1f} %")
     teacher_path = str(out / "teacher.pt")
+    teacher = load_checkpoint(teacher_path, device=dev)[0]
     soft = EvalConfig(seeds=2, epochs=100, batch_size=64)
     rows = []
     for name in sorted(METHODS):
@@ -44,7 +45,7 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
         m = read_json(run / "metrics.json")
         protocols = [soft] + ([EvalConfig(seeds=2, epochs=100, label_mode="hard")] if name == "random" else [])
         for cfg in protocols:
-            r = next(iter(evaluate_set(read_run(run), test, _teacher(teacher_path, dev), cfg, dev, run=run,
+            r = next(iter(evaluate_set(read_run(run), test, teacher, cfg, dev, run=run,
                                        progress=progress).values()))
             rows.append({"set": f"{name} IPC{IPC}", "labels": cfg.label_mode,
                          "accuracy %": f"{r['mean']:.1f} ± {r['std']:.1f}",
@@ -59,8 +60,3 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
           f"runs in {out}/; total {time.time() - t_start:.0f} s\n")
     print(table(rows, ["set", "labels", "accuracy %", "synthesis s", "diversity (cos)"]))
     return rows
-
-
-def _teacher(path: str, dev):
-    from .teacher import load_checkpoint
-    return load_checkpoint(path, device=dev)[0]

@@ -62,6 +62,13 @@ def summarize(accs: list[float]) -> dict:
             "std": round(100 * statistics.stdev(accs), 2) if len(accs) > 1 else 0.0, "n": len(accs)}
 
 
+def summarize_entry(entry: dict, seeds: int | None = None) -> dict:
+    """Mean ± std and mean wall time of a stored evaluation entry (its first `seeds` seeds, or all)."""
+    runs = list(entry["seeds"].values()) if seeds is None else [entry["seeds"][str(s)] for s in range(seeds)]
+    return {**summarize([r["acc"] for r in runs]),
+            "wall_s_per_seed": round(statistics.fmean(r["wall_s"] for r in runs), 1)}
+
+
 def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, cfg: EvalConfig,
                  device: torch.device, run: str | Path | None = None, progress: bool = True) -> dict:
     """Train cfg.seeds students per arch on `ds`; returns {key: {accs, mean, std, wall_s}}.
@@ -100,8 +107,7 @@ def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, c
             if run:
                 stored[key] = entry
                 update_metrics(run, evaluation=stored)
-        accs = [entry["seeds"][str(s)]["acc"] for s in range(cfg.seeds)]
-        walls = [entry["seeds"][str(s)]["wall_s"] for s in range(cfg.seeds)]
-        results[key] = {**summarize(accs), "accs": accs, "wall_s_per_seed": round(statistics.fmean(walls), 1),
+        results[key] = {**summarize_entry(entry, cfg.seeds),
+                        "accs": [entry["seeds"][str(s)]["acc"] for s in range(cfg.seeds)],
                         "num_images": len(labels)}
     return results

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from .evaluate import summarize
+from .evaluate import summarize_entry
 from .rundir import read_json, read_run
 from .utils import atomic_path
 
@@ -52,10 +52,8 @@ def loss_plot(groups: list[dict], out: Path) -> bool:
 def _eval_table(evaluation: dict) -> list[str]:
     lines = ["| protocol | accuracy (%) | seeds | student wall s/seed |", "|---|---|---|---|"]
     for key, e in evaluation.items():
-        accs = [s["acc"] for s in e["seeds"].values()]
-        walls = [s["wall_s"] for s in e["seeds"].values()]
-        s = summarize(accs)
-        lines.append(f"| {key} | {s['mean']:.2f} ± {s['std']:.2f} | {s['n']} | {sum(walls) / len(walls):.0f} |")
+        s = summarize_entry(e)
+        lines.append(f"| {key} | {s['mean']:.2f} ± {s['std']:.2f} | {s['n']} | {s['wall_s_per_seed']:.0f} |")
     return lines
 
 

@@ -3,7 +3,8 @@ the decoded centres are the images and each centre's cell mass (how many real sa
 is its loss weight at evaluation. Encoders: `pixel` (identity: centres are pixel averages), `teacher`
 (penultimate features; decoded as the medoid, the real image nearest the centre), `autoencoder` (a small
 conv autoencoder trained and cached per dataset). A user's own encoder (e.g. a latent-diffusion VAE)
-is one more entry in ENCODERS: an object with `encode(x) -> z [n, d]` and `decode(z, x_real, z_real)`.
+is one more entry in ENCODERS: a factory (ctx, cfg) -> object with `encode(x) -> z [n, d]` and
+`decode(z, x_real, z_real) -> images`.
 """
 from __future__ import annotations
 
@@ -121,6 +122,13 @@ class _Recon(nn.Module):
         return F.mse_loss(rec, x, reduction="none").mean(1)
 
 
+ENCODERS = {
+    "pixel": lambda ctx, cfg: PixelCoder(),
+    "teacher": lambda ctx, cfg: TeacherCoder(ctx.teacher),
+    "autoencoder": lambda ctx, cfg: train_autoencoder(ctx, cfg.ae_epochs, cfg.ae_latent_ch, seed=0),
+}
+
+
 @register
 class DDOQ(Method):
     """Weighted k-means per class in a latent space; decoded centres with their cell masses as weights."""
@@ -140,14 +148,9 @@ class DDOQ(Method):
         return self.cfg.encoder == "teacher"
 
     def coder(self, ctx: Context):
-        enc = self.cfg.encoder
-        if enc == "pixel":
-            return PixelCoder()
-        if enc == "teacher":
-            return TeacherCoder(ctx.teacher)
-        if enc == "autoencoder":
-            return train_autoencoder(ctx, self.cfg.ae_epochs, self.cfg.ae_latent_ch, seed=0)
-        raise DDKitError(f"unknown ddoq encoder {enc!r}; choose pixel, teacher or autoencoder")
+        if self.cfg.encoder not in ENCODERS:
+            raise DDKitError(f"unknown ddoq encoder {self.cfg.encoder!r}; choose {', '.join(ENCODERS)}")
+        return ENCODERS[self.cfg.encoder](ctx, self.cfg)
 
     @torch.no_grad()
     def run(self, ctx: Context, classes: list[int]) -> Output:
@@ -168,8 +171,7 @@ class DDOQ(Method):
             errs.append(quantization_error(z, centres))
             rand_errs.append(quantization_error(z, z[pick]))   # random real samples as the quantizer
             img = coder.decode(torch.from_numpy(centres).to(ctx.device), x_real, z_real)
-            xs.append(torch.maximum(torch.minimum(img, hi.view(1, -1, 1, 1).to(img.device)),
-                                    lo.view(1, -1, 1, 1).to(img.device)).cpu())
+            xs.append(img.cpu().clamp(min=lo.view(1, -1, 1, 1), max=hi.view(1, -1, 1, 1)))
             ys += [c] * ctx.ipc
             ws.append(torch.from_numpy(counts) if cfg.weighted else torch.ones(ctx.ipc))
         return Output(torch.cat(xs), torch.tensor(ys), torch.cat(ws),
