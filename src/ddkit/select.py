@@ -29,7 +29,7 @@ import torch.nn as nn
 from .data import ImageData, load_data, read_subset
 from .models import build_model
 from .train import teacher_recipe, fit
-from .utils import DDKitError, atomic_path, resolve_device, save_torch
+from .utils import DDKitError, atomic_path, cache_dir, load_torch, resolve_device, save_torch, stable_hash
 
 
 @dataclass
@@ -50,7 +50,12 @@ def keep_count(n: int, keep: float) -> int:
 
 
 def proxy_losses(data: ImageData, epochs: int, seed: int, device, progress: bool) -> torch.Tensor:
-    """Mean training loss of every sample over `epochs` of a fresh ConvNet-3 (the BiLP static score)."""
+    """Mean training loss of every sample over `epochs` of a fresh ConvNet-3 (the BiLP static score).
+    Cached by data and recipe, so several keep fractions cost one proxy training."""
+    from .teacher import data_hash
+    path = cache_dir() / "scores" / f"proxy_{stable_hash([data_hash(data), list(data.mean), epochs, seed])}.pt"
+    if path.is_file():
+        return load_torch(path, "proxy scores")["scores"]
     total = torch.zeros(len(data), device=device)
     seen = torch.zeros(len(data), device=device)
 
@@ -61,7 +66,9 @@ def proxy_losses(data: ImageData, epochs: int, seed: int, device, progress: bool
     model = build_model("convnet3", data.num_classes, data.image_size)
     fit(model, data.images, data.labels, data.normalize, teacher_recipe(epochs), device, seed=seed,
         desc="proxy", progress=progress, on_batch=record)
-    return (total / seen.clamp_min(1)).cpu()
+    scores = (total / seen.clamp_min(1)).cpu()
+    save_torch({"scores": scores}, path)
+    return scores
 
 
 @torch.no_grad()
