@@ -54,3 +54,43 @@ def test_torchrun_two_processes_equal_one(dataset, teacher_path, tmp_path):
                         *cmd[1:]], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert torch.equal(read_run(two).images, read_run(one).images)
+
+
+def _torchrun(args, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "ddkit", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return p
+
+
+def test_ddp_teacher_two_processes_equal_one(dataset, tmp_path):
+    """DDP splits each global batch over ranks with the same views; without BatchNorm the weights match."""
+    from ddkit.utils import load_torch
+    args = ["teacher", "--data", str(dataset), "--arch", "convnet3_in", "--epochs", "2", "--no-cache", "--quiet",
+            "--device", "cpu"]
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    env = {**os.environ, "DDKIT_CACHE": str(tmp_path / "c1")}
+    subprocess.run([sys.executable, "-m", "ddkit", *args, "--out", str(one)], check=True, capture_output=True, env=env)
+    os.environ["DDKIT_CACHE"], old = str(tmp_path / "c2"), os.environ["DDKIT_CACHE"]
+    try:
+        _torchrun([*args, "--out", str(two)])
+    finally:
+        os.environ["DDKIT_CACHE"] = old
+    a, b = load_torch(one)["state_dict"], load_torch(two)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_ddp_distill_and_evaluate_under_torchrun(dataset, teacher_path, tmp_path):
+    """`torchrun ... distill --evaluate`: every rank trains the students, rank 0 writes one metrics.json."""
+    from ddkit.rundir import read_json
+    run = tmp_path / "run"
+    p = _torchrun(["distill", "--method", "random", "--ipc", "4", "--data", str(dataset), "--teacher",
+                   str(teacher_path), "--out", str(run), "--evaluate", "--epochs", "3", "--seeds", "2",
+                   "--arch", "convnet3", "--quiet", "--device", "cpu"])
+    evals = read_json(run / "metrics.json")["evaluation"]
+    (entry,) = evals.values()
+    assert set(entry["seeds"]) == {"0", "1"}
+    assert p.stdout.count('"run"') == 1  # one rank reports

@@ -3,6 +3,10 @@
 Crops are done with torchvision's `roi_align`: one call crops every image with its own box and resizes
 it to the output size, and it is differentiable, so the same code serves student training (real or
 synthetic images) and synthesis (gradients flow back to the pixels).
+
+`shard=(batch, rows)`: x holds only `rows` of a batch of `batch` images. The random numbers are drawn for
+the whole batch and then sliced, so data-parallel ranks keep their generators in step and together
+see exactly the views one process would, while each augments only its own rows.
 """
 from __future__ import annotations
 
@@ -38,23 +42,36 @@ def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int | tuple[int, int
     return roi_align(x, torch.cat([idx, boxes], 1), size, spatial_scale=1.0, sampling_ratio=0, aligned=True)
 
 
-def random_flip(x: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> torch.Tensor:
-    mask = (torch.rand(x.shape[0], generator=generator) < p).to(x.device).view(-1, 1, 1, 1)
+Shard = tuple[int, slice] | None
+
+
+def _draw(t: torch.Tensor, shard: Shard) -> torch.Tensor:
+    return t[shard[1]] if shard else t
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5,
+                shard: Shard = None) -> torch.Tensor:
+    n = shard[0] if shard else x.shape[0]
+    mask = _draw(torch.rand(n, generator=generator) < p, shard).to(x.device).view(-1, 1, 1, 1)
     return torch.where(mask, x.flip(3), x)
 
 
 def random_resized_crop(x: torch.Tensor, generator: torch.Generator | None = None, scale=(0.5, 1.0),
-                        shared_box: bool = False) -> torch.Tensor:
+                        shared_box: bool = False, shard: Shard = None) -> torch.Tensor:
     """Per-image (or one shared) RandomResizedCrop back to the input size, then random flip."""
-    n, _, h, w = x.shape
+    _, _, h, w = x.shape
+    n = shard[0] if shard else x.shape[0]
     boxes = sample_boxes(1 if shared_box else n, h, w, scale, generator=generator)
-    return random_flip(crop_resize(x, boxes, (h, w)), generator)
+    boxes = boxes if shared_box else _draw(boxes, shard)
+    return random_flip(crop_resize(x, boxes, (h, w)), generator, shard=shard)
 
 
-def random_translate(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_translate(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None,
+                     shard: Shard = None) -> torch.Tensor:
     """airbench-style pad (reflect) + random crop to the input size, then random flip."""
-    n, _, h, w = x.shape
+    _, _, h, w = x.shape
+    n = shard[0] if shard else x.shape[0]
     xp = F.pad(x, (pad,) * 4, mode="reflect")
-    off = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).float()
+    off = _draw(torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).float(), shard)
     boxes = torch.cat([off, off + torch.tensor([w, h])], 1)
-    return random_flip(crop_resize(xp, boxes, (h, w)), generator)
+    return random_flip(crop_resize(xp, boxes, (h, w)), generator, shard=shard)

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import dist
 from .utils import DDKitError, request_stop
 
 
@@ -62,10 +63,11 @@ def cmd_teacher(a) -> None:
     if a.subset:
         train = load_subset_file(a.subset, train)
     recipe = dataclasses.replace(teacher_recipe(a.epochs), lr=a.lr) if a.lr else teacher_recipe(a.epochs)
-    _, ck = train_teacher(train, test, a.arch, recipe, a.seed, resolve_device(a.device), a.out,
-                          use_cache=not a.no_cache, progress=not a.quiet)
-    print(json.dumps({"teacher": ck["path"], "arch": ck["arch"], "test_acc": ck.get("test_acc"),
-                      "train_time_s": ck.get("train_time_s"), "cached": ck["cached"]}))
+    _, ck = train_teacher(train, test, a.arch, recipe, a.seed, dist.local_device(resolve_device(a.device)),
+                          a.out, use_cache=not a.no_cache, progress=not a.quiet)
+    if dist.is_main():
+            print(json.dumps({"teacher": ck["path"], "arch": ck["arch"], "test_acc": ck.get("test_acc"),
+                          "train_time_s": ck.get("train_time_s"), "cached": ck["cached"]}))
 
 
 def _load_eval_inputs(data: str | None, teacher_path: str | None, device):
@@ -98,7 +100,7 @@ def cmd_evaluate(a) -> None:
     from .report import write_report
     from .rundir import DistilledSet, read_json, read_run
     from .utils import resolve_device
-    dev = resolve_device(a.device)
+    dev = dist.local_device(resolve_device(a.device))
     if a.full:
         cfg_data = a.data
     else:
@@ -113,16 +115,19 @@ def cmd_evaluate(a) -> None:
             train = load_subset_file(a.subset, train)
         ds = DistilledSet(train.images, train.labels, train.classes)  # uint8 is fine for fit()
         results = evaluate_set(ds, test, teacher, _eval_config(a), dev, progress=not a.quiet)
-        _print_results(f"full real data ({len(train)} images)", results)
+        title = f"full real data ({len(train)} images)"
     else:
         ds = read_run(a.run)
         is_ddkit_run = (Path(a.run) / "metrics.json").is_file()
         t0 = time.time()
         results = evaluate_set(ds, test, teacher, _eval_config(a), dev, run=a.run if is_ddkit_run else None,
                                progress=not a.quiet)
-        if is_ddkit_run:
+        title = f"{a.run}: {len(ds.labels)} images, evaluated in {time.time() - t0:.0f} s"
+        if is_ddkit_run and dist.is_main():
             write_report(a.run)
-        _print_results(f"{a.run}: {len(ds.labels)} images, evaluated in {time.time() - t0:.0f} s", results)
+    if not dist.is_main():
+        return  # under torchrun, rank 0 reports
+    _print_results(title, results)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
 
@@ -137,15 +142,15 @@ def cmd_distill(a) -> None:
                         subset=absolute(a.subset), seed=a.seed, classes_per_group=a.classes_per_group,
                         settings=_settings(a.set))
     out = distill(cfg, a.out, a.device, overwrite=a.overwrite, progress=not a.quiet)
-    if out is None:
-        return  # non-zero torchrun rank: rank 0 writes the run
-    write_report(out)
-    from .rundir import read_json
-    m = read_json(out / "metrics.json")
-    print(json.dumps({"run": str(out), "images": m["num_images"], "synthesis_wall_s": m["synthesis_wall_s"],
-                      "diversity_cos": m.get("diversity_cos")}))
+    if out is not None:  # None on torchrun ranks other than 0: rank 0 writes the run
+        write_report(out)
+        from .rundir import read_json
+        m = read_json(out / "metrics.json")
+        print(json.dumps({"run": str(out), "images": m["num_images"], "synthesis_wall_s": m["synthesis_wall_s"],
+                          "diversity_cos": m.get("diversity_cos")}))
     if a.evaluate:
-        a.run, a.full, a.data, a.subset = str(out), False, None, None
+        dist.barrier()  # every rank trains the students; the run must exist first
+        a.run, a.full, a.data, a.subset = str(a.out), False, None, None
         cmd_evaluate(a)
 
 
@@ -261,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, request_stop)  # pre-emption: save state, exit with a message
     try:
+        dist.setup()  # under torchrun: one process group for the whole command
         args.fn(args)
     except DDKitError as e:
         print(f"ddkit: error: {e}", file=sys.stderr)
@@ -268,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ddkit: interrupted (finished work is kept; rerun the same command to resume)", file=sys.stderr)
         return 130
+    finally:
+        dist.shutdown()
     return 0
 
 

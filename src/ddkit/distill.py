@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import dist
 from .data import ImageData, load_data, load_subset_file
 from .methods import Context, build_method
 from .models import embed
@@ -62,23 +63,6 @@ def diversity(teacher: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -
     return round(torch.stack(sims).mean().item(), 4) if sims else float("nan")
 
 
-def _dist():
-    """(rank, world) under torchrun, initialising the process group once; (0, 1) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    import torch.distributed as dist
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
-
-
-def _barrier():
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def prepare(cfg: DistillConfig, method, device) -> tuple[ImageData, torch.nn.Module | None, dict]:
     """Training data (pruned by the subset file) and the teacher, checked against each other."""
     train = load_data(cfg.data, "train")
@@ -104,10 +88,8 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
             progress: bool = True) -> Path | None:
     """Run a method and write the run directory `out`. Returns its path (None on ranks other than 0)."""
     out = Path(out)
-    rank, world = _dist()
-    dev = resolve_device(device)
-    if world > 1 and dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    rank, world = dist.setup()
+    dev = dist.local_device(resolve_device(device))
     if out.exists() and not overwrite:
         raise DDKitError(f"output folder {out} already exists; pass --overwrite or choose another --out")
     method = build_method(cfg.method, cfg.settings)
@@ -127,7 +109,7 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
         res = method.run(ctx, classes)
         save_torch({"x": res.x, "labels": res.labels, "weights": res.weights,
                     "info": {**res.info, "wall_s": round(time.time() - tg, 2)}}, path)
-    _barrier()
+    dist.barrier()
     if rank != 0:
         return None
     parts = [load_torch(work / f"group{gi:05d}.pt", "group result") for gi in range(len(groups))]

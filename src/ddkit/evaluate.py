@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import dist
 from .data import ImageData
 from .models import build_model
 from .rundir import DistilledSet, read_json, update_metrics
@@ -104,7 +105,7 @@ def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, c
             acc = accuracy(student, test.images, test.labels, test.normalize, device)
             entry["seeds"][str(seed)] = {"acc": acc, "wall_s": round(time.time() - t0, 1),
                                          "final_loss": round(hist["loss"][-1], 4)}
-            if run:
+            if run and dist.is_main():  # under torchrun every rank trained the same student
                 stored[key] = entry
                 update_metrics(run, evaluation=stored)
         results[key] = {**summarize_entry(entry, cfg.seeds),

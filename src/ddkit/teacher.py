@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import dist
 from .data import ImageData
 from .models import build_model
 from .train import TrainConfig, accuracy, fit, teacher_recipe
@@ -67,7 +68,7 @@ def train_teacher(train: ImageData, test: ImageData | None, arch: str = "convnet
     cached = cache_dir() / "teachers" / f"{arch}_{key}.pt"
     if use_cache and cached.is_file():
         model, ck = load_checkpoint(cached, train.classes, arch, device)
-        if out:
+        if out and dist.is_main():
             save_torch(load_torch(cached), out)
         return model, {**ck, "cached": True, "path": str(out or cached)}
     device = torch.device(device)
@@ -80,9 +81,11 @@ def train_teacher(train: ImageData, test: ImageData | None, arch: str = "convnet
     acc = accuracy(model, test.images, test.labels, train.normalize, device) if test is not None else None
     extra = {"test_acc": acc, "train_time_s": round(train_time, 1), "seed": seed, "data_hash": key,
              "loss": hist["loss"], "num_train": len(train)}
-    save_checkpoint(cached, model, arch, train, recipe, **extra)
-    cached.with_suffix(".partial").unlink(missing_ok=True)
-    if out:
-        save_torch(load_torch(cached), out)
+    if dist.is_main():  # under torchrun every rank holds the same weights; one writes
+        save_checkpoint(cached, model, arch, train, recipe, **extra)
+        cached.with_suffix(".partial").unlink(missing_ok=True)
+        if out:
+            save_torch(load_torch(cached), out)
+    dist.barrier()
     _, ck = load_checkpoint(cached)
     return model.eval(), {**ck, "cached": False, "path": str(out or cached)}

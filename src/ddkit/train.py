@@ -4,6 +4,12 @@ Images live on the device as one tensor (uint8 real data or float synthetic data
 normalised and augmented per batch on the device: no DataLoader workers, no per-image Python.
 Label modes: `hard` (cross-entropy, optional label smoothing), `soft` (KL to an online teacher on the
 same augmented view, temperature tau), each optionally weighted per sample (DDOQ cell masses).
+
+Under torchrun, `fit` is data-parallel (DDP): every rank walks the same permutation and draws the same
+augmentation numbers, takes its contiguous share of each global batch, and the loss is scaled so the
+averaged gradient is the 1-process gradient of the global batch. Models without BatchNorm therefore train
+the same as in one process (up to float summation order); BatchNorm becomes SyncBatchNorm on CUDA and
+stays per-rank on CPU (gloo has no SyncBatchNorm).
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .augment import random_resized_crop, random_translate
+from . import dist
 from .utils import STOP, DDKitError, load_torch, save_torch
 
 
@@ -52,12 +59,18 @@ def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
     return t / 0.2 if t < 0.2 else max(0.0, (1 - t) / 0.8)
 
 
-def _augment(cfg: TrainConfig, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    if cfg.aug == "translate":
-        return random_translate(x, pad=max(1, x.shape[-1] // 8), generator=gen)  # 4 px at 32 px, as airbench
+def _augment(cfg: TrainConfig, x: torch.Tensor, gen: torch.Generator, shard) -> torch.Tensor:
+    if cfg.aug == "translate":  # 4 px at 32 px, as airbench
+        return random_translate(x, pad=max(1, x.shape[-1] // 8), generator=gen, shard=shard)
     if cfg.aug == "rrc":
-        return random_resized_crop(x, gen, cfg.rrc_scale)
+        return random_resized_crop(x, gen, cfg.rrc_scale, shard=shard)
     return x
+
+
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    if device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 def _amp(device: torch.device, cfg: TrainConfig):
@@ -84,10 +97,12 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
     With `teacher`, the loss is the soft-label KL on the same augmented view (labels are then unused
     except for bookkeeping). `loss_fn(out, labels) -> per-sample loss` replaces cross-entropy (e.g. an
     autoencoder's reconstruction); `on_batch(idx, per_sample_loss)` sees every step's losses (used to
-    score samples during training at no extra cost). With `checkpoint`, state is saved every epoch and a rerun resumes from it.
+    score samples during training at no extra cost; under DDP it sees this rank's rows). With `checkpoint`,
+    state is saved every epoch (by rank 0) and a rerun resumes from it.
     """
     if len(labels) == 0:
         raise DDKitError("no training images")
+    rank, world = dist.rank_world()
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model.to(device)
@@ -100,6 +115,9 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
     n = len(labels)
     bs = min(cfg.batch_size, n)
     steps_per_epoch = math.ceil(n / bs)
+    if n - (steps_per_epoch - 1) * bs < world:  # the last, smallest batch
+        raise DDKitError(f"{desc}: a batch of {n - (steps_per_epoch - 1) * bs} images cannot be split over "
+                         f"{world} processes; run with fewer")
     total = cfg.epochs * steps_per_epoch
     opt = (torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
                            weight_decay=cfg.weight_decay) if cfg.optimizer == "sgd" else
@@ -115,6 +133,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             opt.load_state_dict(state["opt"])
             gen.set_state(state["gen"])
             start, history = state["epoch"], state["history"]
+    net = _data_parallel(model, device) if world > 1 else model
     bar = tqdm(range(start, cfg.epochs), desc=desc, disable=not progress, leave=False, initial=start,
                total=cfg.epochs)
     for epoch in bar:
@@ -125,12 +144,16 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             if STOP["requested"]:
                 raise DDKitError(f"{desc}: stopped in epoch {epoch}" + ("; finished epochs are saved, rerun to "
                                                                         "resume" if checkpoint else ""))
-            idx = perm[b * bs:(b + 1) * bs]
+            batch = perm[b * bs:(b + 1) * bs]
+            m = len(batch)
+            rows = slice(m * rank // world, m * (rank + 1) // world)
+            idx = batch[rows]
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * _lr_factor(cfg, epoch * steps_per_epoch + b, total)
-            x = _augment(cfg, normalize(images[idx]), gen).contiguous(memory_format=mf)
+            x = _augment(cfg, normalize(images[idx]), gen, (m, rows) if world > 1 else None)
+            x = x.contiguous(memory_format=mf)
             with _amp(device, cfg):
-                out = model(x)
+                out = net(x)
                 if teacher is not None:
                     with torch.no_grad():
                         t = teacher(x)
@@ -142,19 +165,21 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
                 else:
                     per = F.cross_entropy(out.float(), labels[idx], reduction="none",
                                           label_smoothing=cfg.label_smoothing)
-                loss = (per * w[idx]).mean() if w is not None else per.mean()
-            if not torch.isfinite(loss):
+                # sum / global batch size, times world because DDP averages the ranks' gradients
+                loss = (per * w[idx] if w is not None else per).sum() * world / m
+            step_loss = dist.all_sum(loss.detach().clone()).item() / world  # every rank sees a NaN together
+            if not math.isfinite(step_loss):
                 kept = " (last good checkpoint kept)" if checkpoint else ""
-                raise DDKitError(f"{desc}: loss became {loss.item()} at epoch {epoch}; lower the learning rate{kept}")
+                raise DDKitError(f"{desc}: loss became {step_loss} at epoch {epoch}; lower the learning rate{kept}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot += loss.item()
+            tot += step_loss
             if on_batch is not None:
                 on_batch(idx, per.detach())
         history["loss"].append(tot / steps_per_epoch)
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
-        if checkpoint:
+        if checkpoint and rank == 0:
             save_torch({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                         "epoch": epoch + 1, "history": history}, checkpoint)
     model.eval()
