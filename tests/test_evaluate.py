@@ -34,6 +34,32 @@ def test_students_learn_from_a_tiny_set_and_results_are_stored(setup, dataset, t
     assert evaluate_set(read_run(run), test, teacher, FAST, torch.device("cpu"), run=run, progress=False) == res
 
 
+def test_interrupted_seed_resumes_from_its_epoch_checkpoint(setup, dataset, tmp_path, monkeypatch):
+    import ddkit.train
+    from ddkit.utils import STOP
+    test, teacher = setup
+    cfg = EvalConfig(seeds=1, epochs=6, batch_size=16)
+    run = distill(DistillConfig(method="random", ipc=4, data=str(dataset)), tmp_path / "run", "cpu", progress=False)
+    ref = evaluate_set(read_run(run), test, teacher, cfg, torch.device("cpu"), progress=False)
+    saves, real_save = [], ddkit.train.save_torch
+
+    def save_then_stop(obj, path):  # pre-empted right after the 3rd epoch's checkpoint
+        real_save(obj, path)
+        saves.append(obj["epoch"])
+        STOP["requested"] = len(saves) == 3
+    monkeypatch.setattr(ddkit.train, "save_torch", save_then_stop)
+    try:
+        with pytest.raises(DDKitError, match="stopped in epoch 3"):
+            evaluate_set(read_run(run), test, teacher, cfg, torch.device("cpu"), run=run, progress=False)
+    finally:
+        STOP["requested"] = False
+    assert len(list(run.glob(".student-*.ckpt"))) == 1
+    res = evaluate_set(read_run(run), test, teacher, cfg, torch.device("cpu"), run=run, progress=False)
+    assert saves == [1, 2, 3, 4, 5, 6]               # epochs 1-3 were not trained again
+    assert res == {k: {**v, "wall_s_per_seed": res[k]["wall_s_per_seed"]} for k, v in ref.items()}
+    assert not list(run.glob(".student-*.ckpt"))     # removed once the seed is stored
+
+
 def test_hard_labels_need_no_teacher_and_soft_labels_do(setup):
     test, _ = setup
     ds = DistilledSet(test.images.float() / 255, test.labels, test.classes)

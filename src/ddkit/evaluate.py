@@ -75,7 +75,8 @@ def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, c
     """Train cfg.seeds students per arch on `ds`; returns {key: {accs, mean, std, wall_s}}.
 
     `test` carries the normalisation (the teacher's training statistics) and the class list. With `run`,
-    every finished seed is merged into RUN/metrics.json and reused on a rerun.
+    every finished seed is merged into RUN/metrics.json and reused on a rerun, and the seed in progress
+    checkpoints every epoch (RUN/.student-*.ckpt), so an interrupted evaluation resumes mid-training.
     """
     if cfg.label_mode not in ("soft", "hard"):
         raise DDKitError(f"unknown label mode {cfg.label_mode!r}; choose soft or hard")
@@ -99,15 +100,17 @@ def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, c
             t0 = time.time()
             torch.manual_seed(seed)
             student = build_model(arch, len(test.classes), test.image_size)
+            ckpt = Path(run) / f".student-{stable_hash([key, seed])}.ckpt" if run else None  # mid-seed resume
             hist = fit(student, ds.images, labels, test.normalize, tcfg, device, seed=seed,
                        teacher=teacher if cfg.label_mode == "soft" else None, weights=weights,
-                       desc=f"student {arch} seed {seed}", progress=progress)
+                       checkpoint=ckpt and str(ckpt), desc=f"student {arch} seed {seed}", progress=progress)
             acc = accuracy(student, test.images, test.labels, test.normalize, device)
             entry["seeds"][str(seed)] = {"acc": acc, "wall_s": round(time.time() - t0, 1),
                                          "final_loss": round(hist["loss"][-1], 4)}
             if run and dist.is_main():  # under torchrun every rank trained the same student
                 stored[key] = entry
                 update_metrics(run, evaluation=stored)
+                ckpt.unlink(missing_ok=True)
         results[key] = {**summarize_entry(entry, cfg.seeds),
                         "accs": [entry["seeds"][str(s)]["acc"] for s in range(cfg.seeds)],
                         "num_images": len(labels)}
