@@ -4,11 +4,12 @@ The bare loop is the machine's limit for the network: forward the batch, backwar
 nothing else. The engine adds the crop/flip augmentation, BN-statistics hooks and loss, Adam and the clamp.
 Target: engine >= 80 % of bare. Writes bench/results/engine_throughput.json.
 
-    python bench/engine_throughput.py [--batch 100] [--size 32] [--iters 30] [--device auto]
+    python bench/engine_throughput.py [--batch 100] [--size 32] [--iters 30] [--rounds 3] [--device auto]
 """
 import argparse
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def main():
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--arch", default="convnet3")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="bench/results/engine_throughput.json")
@@ -65,13 +67,20 @@ def main():
         p.requires_grad_(False)
     x = torch.randn(a.batch, 3, a.size, a.size, device=dev)
     y = torch.arange(a.batch, device=dev) % 10
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        ref = bare(teacher, x, y, a.iters)
-    res = {"arch": a.arch, "batch": a.batch, "size": a.size, "iters": a.iters, "device": str(dev),
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-           "bare_fwd_bwd_steps_per_s": round(ref, 3)}
+    res = {"arch": a.arch, "batch": a.batch, "size": a.size, "iters": a.iters, "rounds": a.rounds,
+           "device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "machine": platform.machine()}
+    # Variants are interleaved over rounds and the median kept, so drift on a shared machine hits all alike.
+    runs = {"bare": [], **{c: [] for c in ("none", "shared", "per_image")}}
+    for _ in range(a.rounds):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            runs["bare"].append(bare(teacher, x, y, a.iters))
+        for crop in ("none", "shared", "per_image"):
+            runs[crop].append(engine(teacher, x, y, a.iters, crop))
+    ref = statistics.median(runs["bare"])
+    res["bare_fwd_bwd_steps_per_s"] = round(ref, 3)
     for crop in ("none", "shared", "per_image"):
-        s = engine(teacher, x, y, a.iters, crop)
+        s = statistics.median(runs[crop])
         res[f"engine_{crop}_steps_per_s"] = round(s, 3)
         res[f"engine_{crop}_vs_bare"] = round(s / ref, 3)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
