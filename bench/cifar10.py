@@ -25,7 +25,7 @@ from ddkit.evaluate import EvalConfig, evaluate_set, summarize_entry
 from ddkit.report import write_report
 from ddkit.rundir import read_json, read_run, update_metrics
 from ddkit.teacher import load_checkpoint
-from ddkit.utils import atomic_path, resolve_device, save_json
+from ddkit.utils import atomic_path, resolve_device, save_json, tune_malloc
 
 ROOT = Path(__file__).resolve().parent
 # Synthesis budgets (method defaults unless listed). Stated in the table.
@@ -128,5 +128,6 @@ def main():
 
 
 if __name__ == "__main__":
+    tune_malloc()
     torch.set_float32_matmul_precision("high")
     main()

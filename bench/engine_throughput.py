@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ddkit.engine import RecoverConfig, recover
 from ddkit.models import build_model
-from ddkit.utils import resolve_device
+from ddkit.utils import resolve_device, tune_malloc
 
 
 def bare(teacher, x, y, iters):
@@ -89,4 +89,5 @@ def main():
 
 
 if __name__ == "__main__":
+    tune_malloc()
     main()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import dist
-from .utils import DDKitError, request_stop
+from .utils import DDKitError, request_stop, tune_malloc
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, request_stop)  # pre-emption: save state, exit with a message
+    tune_malloc()
     try:
         dist.setup()  # under torchrun: one process group for the whole command
         args.fn(args)

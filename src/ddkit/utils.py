@@ -26,6 +26,26 @@ def request_stop(*_):
     STOP["requested"] = True
 
 
+def tune_malloc() -> bool:
+    """Keep freed large buffers in the heap instead of returning them to the OS (glibc only).
+
+    glibc serves every allocation above its mmap threshold with a fresh mmap and unmaps it on free, so on
+    CPU each training step pays page faults for every activation and gradient buffer: measured here, a
+    ConvNet-3 teacher epoch runs 1.6x faster with this. Freed memory then stays mapped (the process keeps
+    its peak RSS). Called by the `ddkit` command and the benchmarks; DDKIT_MALLOC=default turns it off.
+    Returns whether it was applied.
+    """
+    if os.environ.get("DDKIT_MALLOC") == "default" or not hasattr(os, "uname") or os.uname().sysname != "Linux":
+        return False
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 2 ** 30) and libc.mallopt(m_trim_threshold, 2 ** 30))
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
