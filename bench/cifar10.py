@@ -36,7 +36,10 @@ BUDGETS = {"sre2l": {"iterations": "1000"}, "delt": {"iterations": "500", "round
            "delt_uniform": {"iterations": "500", "round_iters": "100", "early_late": "false"},
            "delt_randinit": {"iterations": "500", "round_iters": "100", "init": "random"},
            "e2d_explore_only": {"iterations": "200", "explore_frac": "1.0"},
-           "e2d_noise": {"iterations": "200", "init": "noise"}}
+           "e2d_noise": {"iterations": "200", "init": "noise"},
+           "e2d_exploit_only": {"iterations": "200", "explore_frac": "0"},
+           "e2d_no_early_stop": {"iterations": "200", "early_stop": "false"},
+           "delt_noise": {"iterations": "500", "round_iters": "100", "init": "noise"}}
 QUICK = {"iterations": "20", "round_iters": "5"}
 
 

@@ -109,3 +109,14 @@ def test_e2d_memory_holds_the_high_loss_boxes_and_exploitation_draws_from_them()
     b = s.boxes(8, active, gen)
     s.update(8, active, b, torch.tensor([0.0, 0.0]))
     assert not s.memory[0] and s.done(8)
+
+
+def test_e2d_exploitation_only_still_explores_one_step():
+    cfg = _Cfg()
+    cfg.explore_frac = 0.0
+    s = E2DSampler(cfg, 8, n=1)
+    gen = torch.Generator().manual_seed(0)
+    b = s.boxes(0, torch.arange(1), gen)
+    s.update(0, torch.arange(1), b, torch.tensor([2.0]))
+    assert s.memory[0] == {tuple(b[0].tolist()): 2.0} and not s.done(0)
+    assert tuple(s.boxes(1, torch.arange(1), gen)[0].tolist()) in s.memory[0]

@@ -126,7 +126,8 @@ class E2DSampler(UniformSampler):
 
     def __init__(self, cfg, size: int, n: int):
         super().__init__(cfg, size)
-        self.k = int(cfg.explore_frac * cfg.iterations)
+        # at least one exploration step: exploitation without exploration still needs a seeded memory
+        self.k = max(1, int(cfg.explore_frac * cfg.iterations))
         self.memory: list[dict[tuple, float]] = [dict() for _ in range(n)]
         self.drawn: list[tuple | None] = [None] * n   # stored box used this step, per image
         self.exploit_steps = 0
@@ -186,7 +187,7 @@ class E2D(Method):
         lr: float = 0.05
         crop: str = "per_image"
         min_scale: float = 0.5
-        explore_frac: float = 0.7    # K = explore_frac * iterations; 1.0 = exploration only
+        explore_frac: float = 0.7    # K = explore_frac * iterations; 1.0 = exploration only, 0 = one step
         eps: float = 0.5             # a box is "hard" while its CE exceeds eps
         early_stop: bool = True
         init: str = "real"           # real (uniform random whole image, random flip) | noise
