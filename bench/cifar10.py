@@ -76,7 +76,8 @@ def run_one(name, ipc, a, dev, teacher, test) -> dict:
 
 def markdown(rows: list[dict], a) -> str:
     keys = sorted({k for r in rows for k in r["results"]}, key=lambda k: ("/soft/" not in k, k))  # soft first
-    floor = {(r["ipc"], k): r["results"][k]["mean"] for r in rows if r["method"] == "random" for k in r["results"]}
+    base = rows + [read_json(f) for f in sorted(a.baseline.glob("random_ipc*.json")) if a.baseline != a.out]
+    floor = {(r["ipc"], k): r["results"][k]["mean"] for r in base if r["method"] == "random" for k in r["results"]}
     head = ["set", "synthesis s", "diversity (cos ↓)"] + [f"{k.split('-')[0]} %" for k in keys] + \
            [f"Δ vs random ({keys[0].split('-')[0]})", "eval s/seed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -110,8 +111,11 @@ def main():
     ap.add_argument("--subset", help="a `ddkit select` index file: distill from the pruned data (BiLP)")
     ap.add_argument("--quick", action="store_true", help="tiny budgets, 1 seed, 20 student epochs")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "cifar10")
+    ap.add_argument("--baseline", type=Path, default=ROOT / "results" / "cifar10",
+                    help="folder whose random_ipc*.json rows give 'Δ vs random' when --methods has no random")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--table-only", action="store_true", help="only rebuild table.md from the rows in --out")
     a = ap.parse_args()
     if a.quick:
         a.seeds, a.epochs, a.out = 1, 20, a.out.with_name(a.out.name + "_quick")
@@ -119,6 +123,12 @@ def main():
     teacher, ck = load_checkpoint(a.teacher, device=dev)
     a.teacher_info = f"{ck['arch']} {100 * ck['test_acc']:.1f} % test" if ck.get("test_acc") else ck["arch"]
     test = load_data(a.data, "test", stats=(tuple(ck["mean"]), tuple(ck["std"])))
+    if a.table_only:  # rebuild the table from every row JSON in --out (e.g. after runs with several --subset)
+        rows = [read_json(f) for f in sorted(a.out.glob("*.json"))]
+        with atomic_path(a.out / "table.md") as tmp:
+            tmp.write_text(markdown(rows, a) + "\n")
+        print(markdown(rows, a))
+        return
     rows, t0 = [], time.time()
     for ipc in a.ipc:
         for name in a.methods:
