@@ -1,6 +1,7 @@
 """Per-run report: image grid (one row per class), loss-curve plot and report.md, from the run files."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -29,23 +30,32 @@ def image_grid(run: Path, out: Path) -> None:
         save_image(grid, tmp, nrow=width, padding=1, pad_value=1.0, format="png")
 
 
+@contextlib.contextmanager
+def png_figure(path: Path, **subplots):
+    """A headless matplotlib figure, written atomically to `path` as PNG when the block ends."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(**subplots)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+
+
 def loss_plot(groups: list[dict], out: Path) -> bool:
     curves = [g["curve"] for g in groups if g.get("curve", {}).get("iteration")]
     if not curves:
         return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for gi, c in enumerate(curves):
-        axes[0].plot(c["iteration"], c["ce"], label=f"group {gi}" if len(curves) > 1 else None)
-        axes[1].plot(c["iteration"], c["bn"])
-    axes[0].set(title="cross-entropy", xlabel="iteration", yscale="log")
-    axes[1].set(title="BN-statistics loss", xlabel="iteration", yscale="log")
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    with png_figure(out, ncols=2, figsize=(9, 3.2)) as (_, axes):
+        for gi, c in enumerate(curves):
+            axes[0].plot(c["iteration"], c["ce"], label=f"group {gi}" if len(curves) > 1 else None)
+            axes[1].plot(c["iteration"], c["bn"])
+        axes[0].set(title="cross-entropy", xlabel="iteration", yscale="log")
+        axes[1].set(title="BN-statistics loss", xlabel="iteration", yscale="log")
     return True
 
 

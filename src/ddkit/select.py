@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from .data import ImageData, load_data, read_subset
 from .models import build_model
-from .train import teacher_recipe, fit
+from .train import batched_logits, fit, teacher_recipe
 from .utils import DDKitError, atomic_path, cache_dir, load_torch, resolve_device, save_torch, stable_hash
 
 
@@ -71,13 +71,10 @@ def proxy_losses(data: ImageData, epochs: int, seed: int, device, progress: bool
     return scores
 
 
-@torch.no_grad()
 def model_losses(model: nn.Module, data: ImageData, device) -> torch.Tensor:
-    out = []
-    for i in range(0, len(data), 1000):
-        x = data.normalize(data.images[i:i + 1000].to(device))
-        out.append(nn.functional.cross_entropy(model(x), data.labels[i:i + 1000].to(device), reduction="none"))
-    return torch.cat(out).cpu()
+    labels = data.labels.to(device)
+    return torch.cat([nn.functional.cross_entropy(out, labels[i:i + len(out)], reduction="none")
+                      for i, out in batched_logits(model, data.images, data.normalize, device)]).cpu()
 
 
 @torch.no_grad()
@@ -191,17 +188,11 @@ def select(data_spec: str, cfg: SelectConfig, out: str | Path, device: str = "au
 
 
 def _histogram(all_scores: torch.Tensor, kept: torch.Tensor, criterion: str, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 3))
-    bins = max(10, int(math.sqrt(len(all_scores))))
-    rng = (all_scores.min().item(), all_scores.max().item())
-    ax.hist(all_scores.numpy(), bins=bins, range=rng, color="lightgray", label="all")
-    ax.hist(kept.numpy(), bins=bins, range=rng, color="tab:blue", alpha=0.7, label="kept")
-    ax.set(xlabel=f"{criterion} score", ylabel="samples")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    from .report import png_figure
+    with png_figure(path, figsize=(5, 3)) as (_, ax):
+        bins = max(10, int(math.sqrt(len(all_scores))))
+        rng = (all_scores.min().item(), all_scores.max().item())
+        ax.hist(all_scores.numpy(), bins=bins, range=rng, color="lightgray", label="all")
+        ax.hist(kept.numpy(), bins=bins, range=rng, color="tab:blue", alpha=0.7, label="kept")
+        ax.set(xlabel=f"{criterion} score", ylabel="samples")
+        ax.legend()

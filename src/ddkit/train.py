@@ -78,13 +78,16 @@ def _amp(device: torch.device, cfg: TrainConfig):
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize, device,
-             batch_size: int = 1000) -> float:
+def batched_logits(model: nn.Module, images: torch.Tensor, normalize, device, batch_size: int = 1000):
+    """Yield (start index, logits) over `images` in eval mode, batch by batch on `device`."""
     model.eval()
-    correct = 0
-    for i in range(0, len(labels), batch_size):
-        x = normalize(images[i:i + batch_size].to(device))
-        correct += (model(x).argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
+    for i in range(0, len(images), batch_size):
+        yield i, model(normalize(images[i:i + batch_size].to(device))).float()
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize, device) -> float:
+    correct = sum((out.argmax(1).cpu() == labels[i:i + len(out)]).sum().item()
+                  for i, out in batched_logits(model, images, normalize, device))
     return correct / max(1, len(labels))
 
 

@@ -34,9 +34,10 @@ def nearest(z: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return d.argmin(1)
 
 
-def quantization_error(z: np.ndarray, centres: np.ndarray) -> float:
+def quantization_error(z: np.ndarray, centres: np.ndarray, assign: np.ndarray | None = None) -> float:
     """Mean squared distance of each sample to its nearest centre (what k-means minimises)."""
-    return float(((z - centres[nearest(z, centres)]) ** 2).sum(1).mean())
+    assign = nearest(z, centres) if assign is None else assign
+    return float(((z - centres[assign]) ** 2).sum(1).mean())
 
 
 class PixelCoder:
@@ -168,7 +169,7 @@ class DDOQ(Method):
             centres, assign = kmeans(z, ctx.ipc, cfg.restarts, seed)
             counts = np.bincount(assign, minlength=ctx.ipc).astype(np.float32)
             pick = torch.randperm(len(z), generator=ctx.gen)[:ctx.ipc].numpy()
-            errs.append(quantization_error(z, centres))
+            errs.append(quantization_error(z, centres, assign))
             rand_errs.append(quantization_error(z, z[pick]))   # random real samples as the quantizer
             img = coder.decode(torch.from_numpy(centres).to(ctx.device), x_real, z_real)
             xs.append(img.cpu().clamp(min=lo.view(1, -1, 1, 1), max=hi.view(1, -1, 1, 1)))
