@@ -42,6 +42,7 @@ def test_interrupted_seed_resumes_from_its_epoch_checkpoint(setup, dataset, tmp_
     run = distill(DistillConfig(method="random", ipc=4, data=str(dataset)), tmp_path / "run", "cpu", progress=False)
     ref = evaluate_set(read_run(run), test, teacher, cfg, torch.device("cpu"), progress=False)
     saves, real_save = [], ddkit.train.save_torch
+    monkeypatch.setattr(ddkit.train, "CHECKPOINT_S", 0.0)  # save every epoch
 
     def save_then_stop(obj, path):  # pre-empted right after the 3rd epoch's checkpoint
         real_save(obj, path)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import ddkit.train
 from ddkit.models import build_model
 from ddkit.train import TrainConfig, fit
 from ddkit.utils import STOP, DDKitError, load_torch
@@ -26,7 +27,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     assert all(torch.equal(a, b) for a, b in zip(good.values(), load_torch(ck)["model"].values()))
 
 
-def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(ddkit.train, "CHECKPOINT_S", 0.0)  # save every epoch
     x, y = _data()
     cfg = TrainConfig(epochs=4, batch_size=4, aug="rrc")
     torch.manual_seed(0)
@@ -57,3 +59,12 @@ def test_stop_request_interrupts_training(tmp_path):
                 progress=False)
     finally:
         STOP["requested"] = False
+
+
+def test_checkpoints_are_rate_limited_but_the_last_epoch_is_saved(tmp_path, monkeypatch):
+    saves = []
+    monkeypatch.setattr(ddkit.train, "save_torch", lambda obj, path: saves.append(obj["epoch"]))
+    x, y = _data()
+    fit(build_model("convnet3", 2, 8), x, y, lambda t: t, TrainConfig(epochs=5, batch_size=8), torch.device("cpu"),
+        checkpoint=str(tmp_path / "ck.pt"), progress=False)
+    assert saves == [5]  # 5 sub-second epochs: one save, at the end

@@ -14,6 +14,7 @@ stays per-rank on CPU (gloo has no SyncBatchNorm).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,9 @@ from tqdm.auto import tqdm
 from .augment import random_resized_crop, random_translate
 from . import dist
 from .utils import STOP, DDKitError, load_torch, save_torch
+
+
+CHECKPOINT_S = 30.0  # at most one training checkpoint per this many seconds
 
 
 @dataclass
@@ -101,7 +105,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
     except for bookkeeping). `loss_fn(out, labels) -> per-sample loss` replaces cross-entropy (e.g. an
     autoencoder's reconstruction); `on_batch(idx, per_sample_loss)` sees every step's losses (used to
     score samples during training at no extra cost; under DDP it sees this rank's rows). With `checkpoint`,
-    state is saved every epoch (by rank 0) and a rerun resumes from it.
+    state is saved (by rank 0) at the end of an epoch once CHECKPOINT_S seconds have passed since the last
+    save (tiny distilled sets finish an epoch in a fraction of a second), and a rerun resumes from it.
     """
     if len(labels) == 0:
         raise DDKitError("no training images")
@@ -137,6 +142,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             gen.set_state(state["gen"])
             start, history = state["epoch"], state["history"]
     net = _data_parallel(model, device) if world > 1 else model
+    saved = time.monotonic()
     bar = tqdm(range(start, cfg.epochs), desc=desc, disable=not progress, leave=False, initial=start,
                total=cfg.epochs)
     for epoch in bar:
@@ -182,7 +188,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
                 on_batch(idx, per.detach())
         history["loss"].append(tot / steps_per_epoch)
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
-        if checkpoint and rank == 0:
+        if checkpoint and rank == 0 and (time.monotonic() - saved >= CHECKPOINT_S or epoch + 1 == cfg.epochs):
+            saved = time.monotonic()
             save_torch({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                         "epoch": epoch + 1, "history": history}, checkpoint)
     model.eval()
