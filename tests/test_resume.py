@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from ddkit.rundir import read_run
+from ddkit.rundir import read_json, read_run
 
 
 def _cmd(dataset, teacher_path, out, method="e2d", iters=100):
@@ -42,6 +42,9 @@ def test_interrupted_distill_resumes_to_the_same_images(sig, dataset, teacher_pa
     subprocess.run(_cmd(dataset, teacher_path, run), check=True, capture_output=True)
     assert torch.equal(read_run(run).images, read_run(ref).images)
     assert not list(tmp_path.glob(".*.work-*"))   # work state cleaned up once complete
+    groups = read_json(run / "metrics.json")["groups"]
+    resumed = [g for g in groups if g["resumed_wall_s"] > 0]  # its time before the kill is still counted
+    assert len(resumed) == 1 and resumed[0]["wall_s"] > resumed[0]["resumed_wall_s"]
 
 
 def test_torchrun_two_processes_equal_one(dataset, teacher_path, tmp_path):

@@ -107,8 +107,9 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
         ctx = Context(train, teacher, cfg.ipc, dev, gen, progress, checkpoint=str(path.with_suffix(".ckpt")))
         tg = time.time()
         res = method.run(ctx, classes)
+        wall = time.time() - tg + res.info.get("resumed_wall_s", 0)  # with the work before an interruption
         save_torch({"x": res.x, "labels": res.labels, "weights": res.weights,
-                    "info": {**res.info, "wall_s": round(time.time() - tg, 2)}}, path)
+                    "info": {**res.info, "wall_s": round(wall, 2)}}, path)
     dist.barrier()
     if rank != 0:
         return None

@@ -135,7 +135,8 @@ class RecoverResult:
     curve: dict = field(default_factory=dict)
     iterations_run: int = 0
     teacher_passes: int = 0           # forward+backward passes of the teacher, in images
-    wall_s: float = 0.0
+    wall_s: float = 0.0               # including the time before an interruption, up to its checkpoint
+    resumed_s: float = 0.0            # of which spent by earlier, interrupted attempts
 
 
 def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverConfig, lo: torch.Tensor,
@@ -162,7 +163,7 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
     curve = {"iteration": [], "ce": [], "bn": [], "loss": []}
     lo, hi = lo.to(device).view(1, -1, 1, 1), hi.to(device).view(1, -1, 1, 1)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    t0, passes, it, first = time.time(), 0, 0, 0
+    t0, passes, it, first, before = time.time(), 0, 0, 0, 0.0
     if checkpoint:
         try:
             st = load_torch(checkpoint, "recover checkpoint")
@@ -175,10 +176,12 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
             gen.set_state(st["gen"])
             sampler.load_state_dict(st["sampler"])
             updates, curve, passes, first = st["updates"], st["curve"], st["passes"], st["it"]
+            before = st.get("elapsed_s", 0.0)
 
     def save(next_it: int):
         save_torch({"x": x.detach().cpu(), "opt": opt.state_dict(), "gen": gen.get_state(), "it": next_it,
-                    "sampler": sampler.state_dict(), "updates": updates, "curve": curve, "passes": passes},
+                    "sampler": sampler.state_dict(), "updates": updates, "curve": curve, "passes": passes,
+                    "elapsed_s": before + time.time() - t0},
                    checkpoint)
 
     bar = tqdm(range(first, cfg.iterations), desc=desc, disable=not progress, leave=False, initial=first,
@@ -229,4 +232,4 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
                 break
     finally:
         bn.close()
-    return RecoverResult(x.detach(), updates, curve, it + 1, passes, time.time() - t0)
+    return RecoverResult(x.detach(), updates, curve, it + 1, passes, before + time.time() - t0, before)

@@ -20,6 +20,7 @@ def _recover_cfg(cfg) -> RecoverConfig:
 def _summary(res, **extra) -> dict:
     return {"iterations_run": res.iterations_run, "teacher_image_passes": res.teacher_passes,
             "image_updates": int(res.updates.sum()), "recover_wall_s": round(res.wall_s, 2),
+            "resumed_wall_s": round(res.resumed_s, 2),
             "curve": res.curve, "updates_per_image": res.updates.tolist(), **extra}
 
 
