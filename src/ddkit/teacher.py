@@ -87,5 +87,5 @@ def train_teacher(train: ImageData, test: ImageData | None, arch: str = "convnet
         if out:
             save_torch(load_torch(cached), out)
     dist.barrier()
-    _, ck = load_checkpoint(cached)
-    return model.eval(), {**ck, "cached": False, "path": str(out or cached)}
+    model, ck = load_checkpoint(cached, device=device)  # plain BatchNorm again if DDP made it SyncBatchNorm
+    return model, {**ck, "cached": False, "path": str(out or cached)}
