@@ -39,7 +39,10 @@ BUDGETS = {"sre2l": {"iterations": "1000"}, "delt": {"iterations": "500", "round
            "e2d_noise": {"iterations": "200", "init": "noise"},
            "e2d_exploit_only": {"iterations": "200", "explore_frac": "0"},
            "e2d_no_early_stop": {"iterations": "200", "early_stop": "false"},
-           "delt_noise": {"iterations": "500", "round_iters": "100", "init": "noise"}}
+           "delt_noise": {"iterations": "500", "round_iters": "100", "init": "noise"},
+           # accuracy-vs-budget curve points (bench/plot_curve.py)
+           "e2d_it50": {"iterations": "50"}, "e2d_it100": {"iterations": "100"},
+           "sre2l_it250": {"iterations": "250"}, "sre2l_it500": {"iterations": "500"}}
 QUICK = {"iterations": "20", "round_iters": "5"}
 
 

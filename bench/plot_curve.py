@@ -1,0 +1,60 @@
+"""Accuracy vs synthesis budget for e2d and sre2l: one point per budget row of bench/cifar10.py.
+
+    python bench/plot_curve.py --results bench/results/cifar10 bench/results/cifar10_curve \
+        --out bench/results/cifar10_curve/curve.png
+
+x = teacher forward+backward image passes spent on synthesis (machine-independent) and, in the second
+panel, synthesis wall time; y = soft-label ConvNet-3 accuracy, mean ± std over the row's seeds. The random
+real-image floor is drawn as a line. Prints the points as JSON.
+"""
+import argparse
+import json
+from pathlib import Path
+
+from ddkit.report import png_figure
+
+FAMILIES = ("e2d", "sre2l")
+
+
+def points(dirs: list[Path], key_prefix: str) -> dict:
+    out = {f: [] for f in FAMILIES + ("random",)}
+    for d in dirs:
+        for f in sorted(d.glob("*.json")):
+            row = json.loads(f.read_text())
+            family, rest = row["method"].split("_")[0], row["method"].split("_")[1:]
+            if family not in out or (rest and not rest[0].startswith("it")) or row["set"] != f"{row['method']}_ipc{row['ipc']}":
+                continue  # ablations and pruned sets are not budget points
+            res = next((v for k, v in row["results"].items() if k.startswith(key_prefix)), None)
+            if res:
+                out[family].append({"set": row["set"], "passes": row.get("image_updates") or 0,
+                                    "wall_s": row["synthesis_wall_s"], "acc": res["mean"], "std": res["std"],
+                                    "seeds": res["n"]})
+    return {k: sorted(v, key=lambda p: p["passes"]) for k, v in out.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", type=Path, nargs="+", required=True)
+    ap.add_argument("--protocol", default="convnet3/soft/e300")
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    pts = points(a.results, a.protocol)
+    with png_figure(a.out, ncols=2, figsize=(10, 3.6)) as (_, axes):
+        for ax, x, label in ((axes[0], "passes", "teacher image passes (synthesis)"),
+                             (axes[1], "wall_s", "synthesis wall time (s)")):
+            for fam in FAMILIES:
+                p = pts[fam]
+                ax.errorbar([q[x] for q in p], [q["acc"] for q in p], yerr=[q["std"] for q in p], marker="o",
+                            capsize=3, label=fam)
+                for q in p:
+                    ax.annotate(q["set"].split("_ipc")[0], (q[x], q["acc"]), fontsize=7,
+                                textcoords="offset points", xytext=(3, 3))
+            if pts["random"]:
+                ax.axhline(pts["random"][0]["acc"], color="gray", ls="--", label="random real")
+            ax.set(xscale="log", xlabel=label, ylabel=f"{a.protocol} accuracy %")
+        axes[0].legend()
+    print(json.dumps(pts, indent=1))
+
+
+if __name__ == "__main__":
+    main()
