@@ -54,8 +54,15 @@ def test_ddranking_export_has_images_and_soft_labels(tmp_path, teacher_path):
     from ddkit.rundir import export_ddranking
     from ddkit.teacher import load_checkpoint
     teacher, ck = load_checkpoint(teacher_path)
-    run = write_run(tmp_path / "run", _set(["cat", "dog", "frog"]), {}, {})
+    ds = _set(["cat", "dog", "frog"])
+    ds.labels = torch.tensor([2, 0, 1, 0, 2, 1])   # interleaved: DD-Ranking wants class-major order
+    run = write_run(tmp_path / "run", ds, {}, {})
     out = export_ddranking(run, tmp_path / "dd", teacher, ck["mean"], ck["std"])
     images, labels = torch.load(out / "images.pt"), torch.load(out / "labels.pt")
     assert images.shape == (6, 3, 8, 8) and labels.shape == (6, 3)
     assert torch.load(out / "hard_labels.pt").tolist() == [0, 0, 1, 1, 2, 2]
+    first_cat = (ds.images[1] - torch.tensor(ck["mean"]).view(3, 1, 1)) / torch.tensor(ck["std"]).view(3, 1, 1)
+    torch.testing.assert_close(images[0], first_cat, atol=1e-2, rtol=0)   # PNG round trip: 1/255
+    ds.labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    with pytest.raises(DDKitError, match="same number of images"):
+        export_ddranking(write_run(tmp_path / "uneven", ds, {}, {}), tmp_path / "dd2")

@@ -115,20 +115,27 @@ def update_metrics(run: str | os.PathLike, **entries) -> dict:
 def export_ddranking(run: str | os.PathLike, out: str | os.PathLike, teacher=None, mean=None, std=None) -> Path:
     """Write the tensors DD-Ranking's evaluators take: images.pt ([N, 3, H, W], normalised with the
     teacher's training mean/std when given, else in [0, 1]), labels.pt (the teacher's logits on each image
-    when a teacher is given, i.e. soft labels; else the class indices) and hard_labels.pt."""
+    when a teacher is given, i.e. soft labels; else the class indices) and hard_labels.pt.
+    DD-Ranking (0.2) rebuilds the hard labels as IPC copies of each class in class order, so the images are
+    written class-major and a set with unequal class counts is refused."""
     ds = read_run(run)
+    counts = torch.bincount(ds.labels, minlength=len(ds.classes))
+    if len(set(counts.tolist())) != 1:
+        raise DDKitError(f"DD-Ranking needs the same number of images in every class; this run has "
+                         f"{dict(zip(ds.classes, counts.tolist()))}")
+    order = ds.labels.argsort(stable=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    x = ds.images.float()
+    x, labels = ds.images[order].float(), ds.labels[order]
     if mean is not None:
         x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
     save_torch(x, out / "images.pt")
-    save_torch(ds.labels.long(), out / "hard_labels.pt")
+    save_torch(labels, out / "hard_labels.pt")
     if teacher is not None:
         with torch.no_grad():
             dev = next(teacher.parameters()).device
             soft = torch.cat([teacher(x[i:i + 500].to(dev)).float().cpu() for i in range(0, len(x), 500)])
         save_torch(soft, out / "labels.pt")
     else:
-        save_torch(ds.labels.long(), out / "labels.pt")
+        save_torch(labels, out / "labels.pt")
     return out
