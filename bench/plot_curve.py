@@ -3,9 +3,9 @@
     python bench/plot_curve.py --results bench/results/cifar10 bench/results/cifar10_curve \
         --out bench/results/cifar10_curve/curve.png
 
-x = teacher forward+backward image passes spent on synthesis (machine-independent) and, in the second
-panel, synthesis wall time; y = soft-label ConvNet-3 accuracy, mean ± std over the row's seeds. The random
-real-image floor is drawn as a line. Prints the points as JSON.
+x = teacher forward+backward image passes spent on synthesis (machine-independent; wall times were taken
+under different machine loads, so they are printed, not plotted); y = accuracy, mean ± std over the row's
+seeds (n in the label). The random real-image floor is drawn as a line. Prints the points as JSON.
 """
 import argparse
 import json
@@ -22,7 +22,8 @@ def points(dirs: list[Path], key_prefix: str) -> dict:
         for f in sorted(d.glob("*.json")):
             row = json.loads(f.read_text())
             family, rest = row["method"].split("_")[0], row["method"].split("_")[1:]
-            if family not in out or (rest and not rest[0].startswith("it")) or row["set"] != f"{row['method']}_ipc{row['ipc']}":
+            plain = row["set"] == f"{row['method']}_ipc{row['ipc']}"  # not a pruned (--subset) set
+            if family not in out or (rest and not rest[0].startswith("it")) or not plain:
                 continue  # ablations and pruned sets are not budget points
             res = next((v for k, v in row["results"].items() if k.startswith(key_prefix)), None)
             if res:
@@ -39,20 +40,18 @@ def main():
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     pts = points(a.results, a.protocol)
-    with png_figure(a.out, ncols=2, figsize=(10, 3.6)) as (_, axes):
-        for ax, x, label in ((axes[0], "passes", "teacher image passes (synthesis)"),
-                             (axes[1], "wall_s", "synthesis wall time (s)")):
-            for fam in FAMILIES:
-                p = pts[fam]
-                ax.errorbar([q[x] for q in p], [q["acc"] for q in p], yerr=[q["std"] for q in p], marker="o",
-                            capsize=3, label=fam)
-                for q in p:
-                    ax.annotate(q["set"].split("_ipc")[0], (q[x], q["acc"]), fontsize=7,
-                                textcoords="offset points", xytext=(3, 3))
-            if pts["random"]:
-                ax.axhline(pts["random"][0]["acc"], color="gray", ls="--", label="random real")
-            ax.set(xscale="log", xlabel=label, ylabel=f"{a.protocol} accuracy %")
-        axes[0].legend()
+    with png_figure(a.out, figsize=(6, 3.8)) as (_, ax):
+        for fam in FAMILIES:
+            p = pts[fam]
+            ax.errorbar([q["passes"] for q in p], [q["acc"] for q in p], yerr=[q["std"] for q in p], marker="o",
+                        capsize=3, label=fam)
+            for q in p:
+                ax.annotate(f"{q['set'].split('_ipc')[0]} (n={q['seeds']})", (q["passes"], q["acc"]), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+        if pts["random"]:
+            ax.axhline(pts["random"][0]["acc"], color="gray", ls="--", label="random real (its init)")
+        ax.set(xscale="log", xlabel="teacher image passes spent on synthesis", ylabel=f"{a.protocol} accuracy %")
+        ax.legend()
     print(json.dumps(pts, indent=1))
 
 
