@@ -54,11 +54,13 @@ def run_one(name, ipc, a, dev, teacher, test) -> dict:
     settings = dict(BUDGETS.get(name, {}))
     if a.quick:
         settings.update({k: v for k, v in QUICK.items() if k in settings})
-    tag = f"{name}_ipc{ipc}" + (f"_{Path(a.subset).stem}" if a.subset else "")
+    tag = f"{name}_ipc{ipc}" + (f"_{Path(a.subset).stem}" if a.subset else "") + \
+        (f"_seed{a.distill_seed}" if a.distill_seed else "")
     run = a.out / "runs" / tag
     if not (run / "data.pt").is_file():
         distill(DistillConfig(method=method_of(name), ipc=ipc, data=a.data, teacher=str(a.teacher),
-                              subset=a.subset, seed=0, settings=settings), run, dev, progress=not a.quiet)
+                              subset=a.subset, seed=a.distill_seed, settings=settings), run, dev,
+                progress=not a.quiet)
     ds = read_run(run)
     if read_json(run / "metrics.json").get("diversity_cos") is None:   # a run made without a teacher
         update_metrics(run, diversity_cos=diversity(teacher, test.normalize(ds.images.to(dev)), ds.labels.to(dev)))
@@ -111,6 +113,8 @@ def main():
     ap.add_argument("--labels", nargs="+", default=["soft", "hard"])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--distill-seed", type=int, default=0,
+                    help="synthesis seed (which real images, noise, crops); students' seeds are --seeds")
     ap.add_argument("--subset", help="a `ddkit select` index file: distill from the pruned data (BiLP)")
     ap.add_argument("--quick", action="store_true", help="tiny budgets, 1 seed, 20 student epochs")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "cifar10")
