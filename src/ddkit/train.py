@@ -22,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .augment import random_resized_crop, random_translate
 from . import dist
+from .augment import random_resized_crop, random_translate
 from .utils import STOP, DDKitError, load_torch, save_torch
 
 
@@ -151,8 +151,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
         tot = 0.0
         for b in range(steps_per_epoch):
             if STOP["requested"]:
-                raise DDKitError(f"{desc}: stopped in epoch {epoch}" + ("; finished epochs are saved, rerun to "
-                                                                        "resume" if checkpoint else ""))
+                raise DDKitError(f"{desc}: stopped in epoch {epoch}" + ("; its last checkpoint is kept, rerun "
+                                                                        "to resume" if checkpoint else ""))
             batch = perm[b * bs:(b + 1) * bs]
             m = len(batch)
             rows = slice(m * rank // world, m * (rank + 1) // world)
