@@ -76,7 +76,7 @@ def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, c
 
     `test` carries the normalisation (the teacher's training statistics) and the class list. With `run`,
     every finished seed is merged into RUN/metrics.json and reused on a rerun, and the seed in progress
-    checkpoints every epoch (RUN/.student-*.ckpt), so an interrupted evaluation resumes mid-training.
+    checkpoints (RUN/.student-*.ckpt, see fit), so an interrupted evaluation resumes mid-training.
     """
     if cfg.label_mode not in ("soft", "hard"):
         raise DDKitError(f"unknown label mode {cfg.label_mode!r}; choose soft or hard")
