@@ -41,11 +41,13 @@ def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int | tuple[int, int
     """
     if isinstance(size, int):
         size = (size, size)
+    # decided on the boxes as given (CPU from the samplers), so a GPU step does not sync on it
+    upsampling = bool(((boxes[:, 2] - boxes[:, 0]) <= size[1] + 1e-4).all()
+                      and ((boxes[:, 3] - boxes[:, 1]) <= size[0] + 1e-4).all())
     boxes = boxes.to(device=x.device, dtype=x.dtype)
     if boxes.shape[0] == 1:
         boxes = boxes.expand(x.shape[0], 4)
-    wh = boxes[:, 2:] - boxes[:, :2]
-    if bool((wh <= torch.tensor(size[::-1], device=x.device, dtype=x.dtype) + 1e-4).all()):
+    if upsampling:
         return _bilinear_crop(x, boxes, size)
     idx = torch.arange(x.shape[0], device=x.device, dtype=x.dtype).unsqueeze(1)
     # aligned=True: a box (0, 0, W, H) at the input size samples every pixel centre exactly (identity).
