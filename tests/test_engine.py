@@ -63,3 +63,24 @@ def test_batch_stats_match_var_mean_values_and_gradients():
     v, m = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
     m2, v2 = BatchStats.apply(x)
     assert torch.allclose(m, m2) and torch.allclose(v, v2)
+
+
+def test_data_bn_stats_are_the_statistics_of_the_whole_pool(teacher_path, dataset):
+    """Accumulated over batches they equal one-batch statistics; the pool then matches its own targets
+    (BN loss ~0), which it does not against the teacher's running buffers."""
+    from ddkit.data import load_data
+    from ddkit.engine import data_bn_stats
+    teacher, ck = load_checkpoint(teacher_path)
+    pool = load_data(str(dataset), "train", stats=(tuple(ck["mean"]), tuple(ck["std"])))
+    stats = data_bn_stats(teacher, pool.images, pool.normalize, "cpu", batch_size=7)
+    assert len(stats) == len(BNStatLoss(teacher).bns)
+    whole = BNStatLoss(teacher, targets=stats)
+    with torch.no_grad():
+        teacher(pool.normalize(pool.images))
+    assert whole.pop().item() < 1e-4
+    whole.close()
+    running = BNStatLoss(teacher)
+    with torch.no_grad():
+        teacher(pool.normalize(pool.images))
+    assert running.pop().item() > 0.1
+    running.close()

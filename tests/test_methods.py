@@ -36,6 +36,9 @@ def test_unknown_method_setting_and_ipc_too_large(dataset, teacher_path):
         build_method("sre2l", {"speed": "3"})
     with pytest.raises(DDKitError, match="bad value"):
         build_method("sre2l", {"iterations": "many"})
+    for name, key in (("sre2l", "crop"), ("delt", "init"), ("e2d", "init"), ("e2d", "bn_targets")):
+        with pytest.raises(DDKitError, match=f"bad value 'bogus' for setting '{key}'; choose from"):
+            build_method(name, {key: "bogus"})
     with pytest.raises(DDKitError, match="fewer than IPC=99"):
         build_method("random").run(_ctx(dataset, teacher_path, ipc=99), [0])
 
@@ -120,3 +123,19 @@ def test_e2d_exploitation_only_still_explores_one_step():
     s.update(0, torch.arange(1), b, torch.tensor([2.0]))
     assert s.memory[0] == {tuple(b[0].tolist()): 2.0} and not s.done(0)
     assert tuple(s.boxes(1, torch.arange(1), gen)[0].tolist()) in s.memory[0]
+
+
+def test_bn_targets_data_are_computed_once_on_the_pruned_pool(dataset, teacher_path, tmp_path, monkeypatch):
+    """BiLP for a distiller that reads no real image: sre2l matches the statistics of the kept subset."""
+    import ddkit.methods.optimize as opt
+    from ddkit.distill import DistillConfig, distill
+    from ddkit.select import SelectConfig, select
+    seen, real = [], opt.data_bn_stats
+    monkeypatch.setattr(opt, "data_bn_stats", lambda model, images, *a: seen.append(len(images)) or
+                        real(model, images, *a))
+    select(str(dataset), SelectConfig(criterion="random", keep=0.5), tmp_path / "half.pt", "cpu")
+    distill(DistillConfig(method="sre2l", ipc=2, data=str(dataset), teacher=str(teacher_path),
+                          subset=str(tmp_path / "half.pt"), classes_per_group=1,
+                          settings={"iterations": "3", "bn_targets": "data"}), tmp_path / "run", "cpu",
+            progress=False)
+    assert seen == [24]            # 3 groups, one pass over the 24 kept images

@@ -15,7 +15,8 @@ def test_selection_is_per_class_deterministic_and_respects_keep(criterion, datas
     cfg = SelectConfig(criterion=criterion, keep=0.25, proxy_epochs=2,
                        teacher=str(teacher_path) if criterion == "causal" else None, ipc=2)
     info = select(str(dataset), cfg, tmp_path / "a.pt", "cpu", progress=False)
-    select(str(dataset), cfg, tmp_path / "b.pt", "cpu", progress=False)
+    again = select(str(dataset), cfg, tmp_path / "b.pt", "cpu", progress=False)
+    assert again["scores_from_cache"] == (criterion != "random")   # scores do not depend on keep: cached
     a, b = read_subset(tmp_path / "a.pt", 48), read_subset(tmp_path / "b.pt", 48)
     assert torch.equal(a, b) and len(a) == 12 and info["per_class"] == {"cat": 4, "dog": 4, "frog": 4}
     labels = load_data(str(dataset)).labels[a]

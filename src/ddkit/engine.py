@@ -34,8 +34,11 @@ class RecoverConfig:
     curriculum: bool = False        # CDA: min scale goes 1 -> min_scale along a cosine
     jitter: int = 0                 # random roll (px) shared by the batch, SRe2L's 32x32 augmentation
     flip: bool = True
+    bn_targets: str = "running"     # running: the teacher's BN buffers | data: recomputed on the real pool
     log_every: int = 10
     checkpoint_every: int = 50      # steps between checkpoints (when the driver gives a path)
+    # allowed values of string knobs, checked when a config is built from --set (methods extend it)
+    CHOICES = {"crop": ("shared", "per_image", "none"), "bn_targets": ("running", "data")}
 
 
 class BatchStats(torch.autograd.Function):
@@ -70,21 +73,60 @@ class BatchStats(torch.autograd.Function):
         return torch.addcmul(c.view(1, -1, 1, 1), x, a.view(1, -1, 1, 1))
 
 
-class BNStatLoss:
-    """Forward hooks on every BatchNorm2d: distance of batch statistics of its input to running stats."""
+def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns:
+        raise DDKitError("the teacher has no BatchNorm layers: BN-statistics matching needs a BN teacher")
+    return bns
 
-    def __init__(self, model: nn.Module, first_mult: float = 10.0):
-        self.bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        if not self.bns:
-            raise DDKitError("the teacher has no BatchNorm layers: BN-statistics matching needs a BN teacher")
+
+@torch.no_grad()
+def data_bn_stats(model: nn.Module, images: torch.Tensor, normalize, device,
+                  batch_size: int = 500) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Mean and variance of every BatchNorm2d's input over a whole image pool, in eval mode (the mode
+    the synthetic batch is measured in). BiLP uses it to match the statistics of a pruned pool rather
+    than the teacher's running buffers, which describe the full, augmented training data."""
+    bns, sums = bn_layers(model), {}
+
+    def hook(module, inputs, output):
+        flat = inputs[0].double().transpose(0, 1).reshape(inputs[0].shape[1], -1)
+        s = sums.setdefault(module, [0, 0.0, 0.0])
+        s[0] += flat.shape[1]
+        s[1] = s[1] + flat.sum(1)
+        s[2] = s[2] + flat.square().sum(1)
+
+    handles = [bn.register_forward_hook(hook) for bn in bns]
+    try:
+        model.eval()
+        for i in range(0, len(images), batch_size):
+            model(normalize(images[i:i + batch_size].to(device)))
+    finally:
+        for h in handles:
+            h.remove()
+    out = []
+    for bn in bns:
+        n, s1, s2 = sums[bn]
+        mean = s1 / n
+        out.append((mean.float(), (s2 / n - mean.square()).clamp_min(0).float()))
+    return out
+
+
+class BNStatLoss:
+    """Forward hooks on every BatchNorm2d: distance of batch statistics of its input to the targets
+    (the layer's running stats unless `targets` gives one (mean, var) per layer)."""
+
+    def __init__(self, model: nn.Module, first_mult: float = 10.0,
+                 targets: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
+        self.bns = bn_layers(model)
+        self.targets = {bn: t for bn, t in zip(self.bns, targets)} if targets else {}
         self.mults = [first_mult] + [1.0] * (len(self.bns) - 1)
         self.terms: list[torch.Tensor] = []
         self.handles = [bn.register_forward_hook(self._hook) for bn in self.bns]
 
     def _hook(self, module, inputs, output):
         mean, var = BatchStats.apply(inputs[0].float())
-        self.terms.append(torch.linalg.vector_norm(mean - module.running_mean) +
-                          torch.linalg.vector_norm(var - module.running_var))
+        tm, tv = self.targets.get(module, (module.running_mean, module.running_var))
+        self.terms.append(torch.linalg.vector_norm(mean - tm) + torch.linalg.vector_norm(var - tv))
 
     def pop(self) -> torch.Tensor:
         loss = sum(m * t for m, t in zip(self.mults, self.terms))
@@ -141,8 +183,8 @@ class RecoverResult:
 
 def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverConfig, lo: torch.Tensor,
             hi: torch.Tensor, gen: torch.Generator, start_iter: torch.Tensor | None = None,
-            sampler=None, progress: bool = True, desc: str = "recover", checkpoint: str | None = None
-            ) -> RecoverResult:
+            sampler=None, progress: bool = True, desc: str = "recover", checkpoint: str | None = None,
+            bn_targets: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> RecoverResult:
     """Optimise x0 (normalised, on the teacher's device) against the frozen teacher.
 
     With `checkpoint`, the whole state (pixels, Adam, generator, sampler, step, curve) is saved every
@@ -156,7 +198,7 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
     x = nn.Parameter(x0.clone())
     y = y.to(device)
     opt = torch.optim.Adam([x], lr=cfg.lr, betas=cfg.betas)
-    bn = BNStatLoss(teacher, cfg.first_bn_mult)
+    bn = BNStatLoss(teacher, cfg.first_bn_mult, bn_targets)
     sampler = sampler or UniformSampler(cfg, x0.shape[-1])
     start = start_iter.to(device) if start_iter is not None else torch.zeros(len(x0), dtype=torch.long, device=device)
     updates = torch.zeros(len(x0), dtype=torch.long)

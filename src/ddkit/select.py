@@ -12,6 +12,8 @@
   means and variances, first layer x10). The synthetic set D_s is a reference run or, by default, the
   random real IPC images every real-init method starts from. Both tails are dropped (smallest = no effect,
   largest = outliers), (1 - keep)/2 each.
+Scores do not depend on `keep`, so both scores are cached (`~/.cache/ddkit/scores`) and a second keep
+fraction of the same criterion costs only the selection (the summary says when scores came from the cache).
 - `random`: the control, same per-class counts.
 Indices always refer to the full dataset's canonical order, so selections chain (`--subset` in, index out).
 """
@@ -27,9 +29,12 @@ import torch
 import torch.nn as nn
 
 from .data import ImageData, load_data, read_subset
+from .engine import bn_layers
 from .models import build_model
+from .teacher import data_hash, load_checkpoint
 from .train import batched_logits, fit, teacher_recipe
-from .utils import DDKitError, atomic_path, cache_dir, load_torch, resolve_device, save_torch, stable_hash
+from .utils import (DDKitError, atomic_path, cache_dir, load_torch, resolve_device, save_torch, stable_hash,
+                    tensor_hash)
 
 
 @dataclass
@@ -49,13 +54,18 @@ def keep_count(n: int, keep: float) -> int:
     return max(1, int(round(n * keep)))
 
 
-def proxy_losses(data: ImageData, epochs: int, seed: int, device, progress: bool) -> torch.Tensor:
-    """Mean training loss of every sample over `epochs` of a fresh ConvNet-3 (the BiLP static score).
-    Cached by data and recipe, so several keep fractions cost one proxy training."""
-    from .teacher import data_hash
-    path = cache_dir() / "scores" / f"proxy_{stable_hash([data_hash(data), list(data.mean), epochs, seed])}.pt"
+def cached_scores(kind: str, key: list, compute) -> tuple[torch.Tensor, bool]:
+    """(scores, whether they came from the cache) for a scoring keyed by `key` (data, model, seed...)."""
+    path = cache_dir() / "scores" / f"{kind}_{stable_hash(key)}.pt"
     if path.is_file():
-        return load_torch(path, "proxy scores")["scores"]
+        return load_torch(path, f"{kind} scores")["scores"], True
+    scores = compute()
+    save_torch({"scores": scores}, path)
+    return scores, False
+
+
+def proxy_losses(data: ImageData, epochs: int, seed: int, device, progress: bool) -> torch.Tensor:
+    """Mean training loss of every sample over `epochs` of a fresh ConvNet-3 (the BiLP static score)."""
     total = torch.zeros(len(data), device=device)
     seen = torch.zeros(len(data), device=device)
 
@@ -66,9 +76,7 @@ def proxy_losses(data: ImageData, epochs: int, seed: int, device, progress: bool
     model = build_model("convnet3", data.num_classes, data.image_size)
     fit(model, data.images, data.labels, data.normalize, teacher_recipe(epochs), device, seed=seed,
         desc="proxy", progress=progress, on_batch=record)
-    scores = (total / seen.clamp_min(1)).cpu()
-    save_torch({"scores": scores}, path)
-    return scores
+    return (total / seen.clamp_min(1)).cpu()
 
 
 def model_losses(model: nn.Module, data: ImageData, device) -> torch.Tensor:
@@ -80,9 +88,7 @@ def model_losses(model: nn.Module, data: ImageData, device) -> torch.Tensor:
 @torch.no_grad()
 def bn_features(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per sample and BN layer: spatial mean and spatial mean of squares of the BN input, [n, C] each."""
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    if not bns:
-        raise DDKitError("the causal criterion needs a teacher with BatchNorm layers")
+    bns = bn_layers(model)
     store: list[list] = [[] for _ in bns]
     hooks = [bn.register_forward_hook(lambda m, i, o, k=k: store[k].append(
         (i[0].float().mean((2, 3)), i[0].float().pow(2).mean((2, 3))))) for k, bn in enumerate(bns)]
@@ -111,6 +117,27 @@ def causal_scores(real: list, synth: list, first_mult: float = 10.0) -> torch.Te
     return score.sqrt()
 
 
+def causal_all(data: ImageData, teacher: nn.Module, ref, ipc: int, gen: torch.Generator, dev) -> torch.Tensor:
+    """Causal score of every sample, class by class, against the reference run's images of the class
+    or `ipc` random real images of it."""
+    scores = torch.zeros(len(data))
+    if ref is not None:
+        from .evaluate import align_classes
+        ref_labels = align_classes(ref, data.classes)
+    for c in range(data.num_classes):
+        idx = data.class_indices(c)
+        if ref is not None:
+            xs = data.normalize(ref.images[ref_labels == c].to(dev))
+        else:
+            pick = idx[torch.randperm(len(idx), generator=gen)[:ipc]]
+            xs = data.normalize(data.images[pick].to(dev))
+        if len(xs) == 0:
+            raise DDKitError(f"reference run has no images of class {data.classes[c]!r}")
+        real = bn_features(teacher, data.normalize(data.images[idx].to(dev)))
+        scores[idx] = causal_scores(real, bn_features(teacher, xs)).cpu()
+    return scores
+
+
 def select(data_spec: str, cfg: SelectConfig, out: str | Path, device: str = "auto",
            progress: bool = True) -> dict:
     """Write the index file `out` (+ `out`.json summary and `out`.png score histogram); return the summary."""
@@ -130,35 +157,28 @@ def select(data_spec: str, cfg: SelectConfig, out: str | Path, device: str = "au
     gen = torch.Generator().manual_seed(cfg.seed)
     teacher = None
     if cfg.teacher:
-        from .teacher import load_checkpoint
         teacher, ck = load_checkpoint(cfg.teacher, data.classes, device=dev)
         data.mean, data.std = tuple(ck["mean"]), tuple(ck["std"])
+    key = [data_hash(data), list(data.mean), list(data.std), cfg.seed]
+    if teacher is not None:
+        key.append(stable_hash([tensor_hash(v) for v in teacher.state_dict().values()]))
+    cached = False
     if cfg.criterion == "random":
         scores = torch.rand(len(data), generator=gen)
+    elif cfg.criterion == "loss" and teacher is not None:
+        scores = model_losses(teacher, data, dev)      # one pass: not worth caching
     elif cfg.criterion == "loss":
-        scores = model_losses(teacher, data, dev) if teacher is not None else \
-            proxy_losses(data, cfg.proxy_epochs, cfg.seed, dev, progress)
+        scores, cached = cached_scores("proxy", key + [cfg.proxy_epochs],
+                                       lambda: proxy_losses(data, cfg.proxy_epochs, cfg.seed, dev, progress))
     else:
         if teacher is None:
             raise DDKitError("--criterion causal needs --teacher (the BN teacher the distiller matches)")
-        scores = torch.zeros(len(data))
         ref = None
         if cfg.reference:
-            from .evaluate import align_classes
             from .rundir import read_run
             ref = read_run(cfg.reference)
-            ref_labels = align_classes(ref, data.classes)
-        for c in range(data.num_classes):
-            idx = data.class_indices(c)
-            if ref is not None:
-                xs = data.normalize(ref.images[ref_labels == c].to(dev))
-            else:
-                pick = idx[torch.randperm(len(idx), generator=gen)[:cfg.ipc]]
-                xs = data.normalize(data.images[pick].to(dev))
-            if len(xs) == 0:
-                raise DDKitError(f"reference run has no images of class {data.classes[c]!r}")
-            real = bn_features(teacher, data.normalize(data.images[idx].to(dev)))
-            scores[idx] = causal_scores(real, bn_features(teacher, xs)).cpu()
+        key += [tensor_hash(ref.images) if ref is not None else cfg.ipc]
+        scores, cached = cached_scores("causal", key, lambda: causal_all(data, teacher, ref, cfg.ipc, gen, dev))
     kept, counts = [], {}
     for c in range(data.num_classes):
         idx = data.class_indices(c)
@@ -178,7 +198,7 @@ def select(data_spec: str, cfg: SelectConfig, out: str | Path, device: str = "au
     wall = round(time.time() - t0, 2)
     out = Path(out)
     summary = {"config": asdict(cfg), "data": data_spec, "num_samples": len(full), "num_kept": len(indices),
-               "per_class": counts, "selection_wall_s": wall, "device": str(dev)}
+               "per_class": counts, "selection_wall_s": wall, "scores_from_cache": cached, "device": str(dev)}
     save_torch({"indices": indices, "num_samples": len(full), "scores": scores, "scored_indices": base,
                 "summary": json.dumps(summary)}, out)
     with atomic_path(out.with_suffix(".json")) as tmp:

@@ -96,6 +96,9 @@ def parse_overrides(config_cls, overrides: dict[str, Any]):
                 val = type(cur)(raw)
         except ValueError:
             raise DDKitError(f"bad value {raw!r} for setting {key!r} (expected {type(cur).__name__})") from None
+        allowed = getattr(config_cls, "CHOICES", {}).get(key)
+        if allowed and val not in allowed:
+            raise DDKitError(f"bad value {raw!r} for setting {key!r}; choose from {', '.join(allowed)}")
         setattr(cfg, key, val)
     return cfg
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import random_flip, sample_boxes
-from ..engine import RecoverConfig, UniformSampler, recover
+from ..engine import RecoverConfig, UniformSampler, data_bn_stats, recover
 from ..models import embed
 from . import Context, Method, Output, need_images, register
 
@@ -15,6 +15,16 @@ from . import Context, Method, Output, need_images, register
 def _recover_cfg(cfg) -> RecoverConfig:
     """Copy the engine's knobs out of a method config (methods extend RecoverConfig)."""
     return RecoverConfig(**{f.name: getattr(cfg, f.name) for f in fields(RecoverConfig)})
+
+
+def _bn_targets(method, ctx: Context):
+    """None (the teacher's running stats) or, with bn_targets=data, the BN-input statistics of the real
+    pool (e.g. a BiLP-pruned subset), computed once per run: groups share them like running stats."""
+    if method.cfg.bn_targets == "running":
+        return None
+    if getattr(method, "_pool_stats", None) is None:
+        method._pool_stats = data_bn_stats(ctx.teacher, ctx.train.images, ctx.train.normalize, ctx.device)
+    return method._pool_stats
 
 
 def _summary(res, **extra) -> dict:
@@ -42,7 +52,8 @@ class SRe2L(Method):
         x0 = torch.randn(len(y), 3, size, size, generator=ctx.gen).to(ctx.device)
         lo, hi = ctx.bounds()
         res = recover(ctx.teacher, x0, y, _recover_cfg(self.cfg), lo, hi, ctx.gen, progress=ctx.progress,
-                      desc=f"sre2l {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint)
+                      desc=f"sre2l {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint,
+                      bn_targets=_bn_targets(self, ctx))
         return Output(res.x.cpu(), y, info=_summary(res))
 
 
@@ -83,6 +94,7 @@ class DELT(Method):
         early_late: bool = True      # False: every image gets the full budget (ablation)
         init: str = "medium"         # medium | lowest | highest | random | noise
         candidates: int = 0          # real images ranked per class (0 = the whole class)
+        CHOICES = {**RecoverConfig.CHOICES, "init": ("medium", "lowest", "highest", "random", "noise")}
 
     @torch.no_grad()
     def _init(self, ctx: Context, c: int) -> torch.Tensor:
@@ -101,10 +113,8 @@ class DELT(Method):
             pos = medium_order(len(ranked))[:ctx.ipc]
         elif cfg.init == "lowest":
             pos = list(range(ctx.ipc))
-        elif cfg.init == "highest":
+        else:  # highest (the choices are checked when the config is built)
             pos = list(range(len(ranked) - 1, len(ranked) - 1 - ctx.ipc, -1))
-        else:
-            raise ValueError(f"unknown delt init {cfg.init!r}")
         return ctx.real(ranked[pos])
 
     def run(self, ctx: Context, classes: list[int]) -> Output:
@@ -115,7 +125,8 @@ class DELT(Method):
         start = torch.tensor(rounds * len(classes)) * cfg.round_iters
         lo, hi = ctx.bounds()
         res = recover(ctx.teacher, x0, y, _recover_cfg(cfg), lo, hi, ctx.gen, start_iter=start,
-                      progress=ctx.progress, desc=f"delt {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint)
+                      progress=ctx.progress, desc=f"delt {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint,
+                      bn_targets=_bn_targets(self, ctx))
         return Output(res.x.cpu(), y, info=_summary(res, start_iter=start.tolist()))
 
 
@@ -192,6 +203,7 @@ class E2D(Method):
         eps: float = 0.5             # a box is "hard" while its CE exceeds eps
         early_stop: bool = True
         init: str = "real"           # real (uniform random whole image, random flip) | noise
+        CHOICES = {**RecoverConfig.CHOICES, "init": ("real", "noise")}
 
     def run(self, ctx: Context, classes: list[int]) -> Output:
         cfg, size = self.cfg, ctx.train.image_size
@@ -205,6 +217,7 @@ class E2D(Method):
         sampler = E2DSampler(cfg, size, len(y))
         lo, hi = ctx.bounds()
         res = recover(ctx.teacher, x0, y, _recover_cfg(cfg), lo, hi, ctx.gen, sampler=sampler,
-                      progress=ctx.progress, desc=f"e2d {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint)
+                      progress=ctx.progress, desc=f"e2d {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint,
+                      bn_targets=_bn_targets(self, ctx))
         return Output(res.x.cpu(), y, info=_summary(res, exploit_steps=sampler.exploit_steps,
                                                    memory_left=sum(len(m) for m in sampler.memory)))
