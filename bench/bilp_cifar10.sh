@@ -3,7 +3,9 @@
 # pruned pool with the benchmark protocol. Selections go to bench/results/cifar10_bilp/select/ (index files,
 # JSON summaries with selection wall time, histograms); results to bench/results/cifar10_bilp/*.json + table.md.
 # Budget note: the loss criterion's proxy is ConvNet-3 trained for PROXY_EPOCHS (the spec says ~5; default 2
-# here to fit a CPU sitting). Usage: bash bench/bilp_cifar10.sh [methods...]   (default: rded)
+# here to fit a CPU sitting). Each method also runs unpruned into the same table (the control).
+# Usage: bash bench/bilp_cifar10.sh [methods...]   (default: rded; sre2l_pool = sre2l matching the BN
+# statistics of the pruned pool, the distiller that reads no real image)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/datasets/cifar10}
@@ -22,6 +24,7 @@ for keep in 0.5 0.2; do
     [ -f $f ] || ddkit select --data $DATA --criterion $crit --keep $keep $extra --out $f --quiet
   done
 done
+python bench/cifar10.py --methods $METHODS --labels soft --quiet --out $OUT
 for keep in 5 2; do
   for crit in loss causal random; do
     python bench/cifar10.py --methods $METHODS --labels soft --quiet --subset $OUT/select/${crit}${keep}.pt --out $OUT

@@ -40,6 +40,8 @@ BUDGETS = {"sre2l": {"iterations": "1000"}, "delt": {"iterations": "500", "round
            "e2d_exploit_only": {"iterations": "200", "explore_frac": "0"},
            "e2d_no_early_stop": {"iterations": "200", "early_stop": "false"},
            "delt_noise": {"iterations": "500", "round_iters": "100", "init": "noise"},
+           # BiLP for a distiller that reads no real image: match BN statistics of the (pruned) pool
+           "sre2l_pool": {"iterations": "500", "bn_targets": "data"},
            # accuracy-vs-budget curve points (bench/plot_curve.py)
            "e2d_it50": {"iterations": "50"}, "e2d_it100": {"iterations": "100"},
            "sre2l_it250": {"iterations": "250"}, "sre2l_it500": {"iterations": "500"}}
@@ -71,11 +73,18 @@ def run_one(name, ipc, a, dev, teacher, test) -> dict:
     for labels in a.labels:
         cfg = EvalConfig(archs=tuple(a.archs), seeds=a.seeds, label_mode=labels, epochs=a.epochs)
         evaluate_set(ds, test, teacher, cfg, dev, run=run, progress=not a.quiet)
-    for key, e in read_json(run / "metrics.json")["evaluation"].items():  # also protocols run earlier
-        if f"/e{a.epochs}-" in key and len(e["seeds"]) >= a.seeds:
-            row["results"][key] = summarize_entry(e)
     write_report(run)
-    save_json(row, a.out / f"{tag}.json")
+    save_json(refresh(row, a), a.out / f"{tag}.json")
+    return row
+
+
+def refresh(row: dict, a) -> dict:
+    """Fill the row's results from its run's metrics.json: every protocol at --epochs (also ones run by
+    earlier commands), with however many seeds are stored so far (the table says n)."""
+    metrics = read_json(a.out / "runs" / row["set"] / "metrics.json")
+    row["teacher_image_passes"] = metrics.get("teacher_image_passes")
+    row["results"] = {k: summarize_entry(e) for k, e in metrics.get("evaluation", {}).items()
+                      if f"/e{a.epochs}-" in k and e["seeds"]}
     return row
 
 
@@ -83,14 +92,17 @@ def markdown(rows: list[dict], a) -> str:
     keys = sorted({k for r in rows for k in r["results"]}, key=lambda k: ("/soft/" not in k, k))  # soft first
     base = rows + [read_json(f) for f in sorted(a.baseline.glob("random_ipc*.json")) if a.baseline != a.out]
     floor = {(r["ipc"], k): r["results"][k]["mean"] for r in base if r["method"] == "random" for k in r["results"]}
-    head = ["set", "synthesis s", "diversity (cos ↓)"] + [f"{k.split('-')[0]} %" for k in keys] + \
-           [f"Δ vs random ({keys[0].split('-')[0]})", "eval s/seed"]
+    head = ["set", "synthesis s", "teacher passes", "diversity (cos ↓)"] + \
+        [f"{k.split('-')[0]} % (n seeds)" for k in keys] + [f"Δ vs random ({keys[0].split('-')[0]})", "eval s/seed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["set"], f"{r['synthesis_wall_s']:.0f}", f"{r['diversity_cos']}" if r["diversity_cos"] else ""]
+        passes = r.get("teacher_image_passes")
+        cells = [r["set"], f"{r['synthesis_wall_s']:.0f}", f"{passes}" if passes else "–",
+                 f"{r['diversity_cos']}" if r["diversity_cos"] else ""]
         for k in keys:
             e = r["results"].get(k)
-            cells.append(f"{e['mean']:.2f} ± {e['std']:.2f}" if e else "")
+            cells.append("" if not e else f"{e['mean']:.2f} (n=1)" if e["n"] == 1 else
+                         f"{e['mean']:.2f} ± {e['std']:.2f} (n={e['n']})")
         e0, f0 = r["results"].get(keys[0]), floor.get((r["ipc"], keys[0]))
         cells.append(f"{e0['mean'] - f0:+.2f}" if e0 and f0 is not None else "")
         cells.append(f"{e0['wall_s_per_seed']:.0f}" if e0 else "")
@@ -98,7 +110,8 @@ def markdown(rows: list[dict], a) -> str:
     budgets = "; ".join(f"{r['method']}: " + (", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults")
                         for r in rows)
     lines += ["", f"Students: {a.epochs} epochs, AdamW 1e-3 cosine, batch 64, RRC+flip, τ=4 for soft labels; "
-              f"final-epoch accuracy, mean ± std over {a.seeds} seeds. Budgets: {budgets}. "
+              f"final-epoch accuracy, mean ± std over n student seeds (one synthesis draw per row). "
+              f"Budgets: {budgets}. "
               f"Teacher: {a.teacher_info}."]
     return "\n".join(lines)
 
@@ -131,7 +144,8 @@ def main():
     a.teacher_info = f"{ck['arch']} {100 * ck['test_acc']:.1f} % test" if ck.get("test_acc") else ck["arch"]
     test = load_data(a.data, "test", stats=(tuple(ck["mean"]), tuple(ck["std"])))
     if a.table_only:  # rebuild the table from every row JSON in --out (e.g. after runs with several --subset)
-        rows = [read_json(f) for f in sorted(a.out.glob("*.json"))]
+        rows = sorted((refresh(read_json(f), a) for f in a.out.glob("*.json")),
+                      key=lambda r: (r["ipc"], r["method"] != "random", r["set"]))
         with atomic_path(a.out / "table.md") as tmp:
             tmp.write_text(markdown(rows, a) + "\n")
         print(markdown(rows, a))
