@@ -68,8 +68,7 @@ def run_one(name, ipc, a, dev, teacher, test) -> dict:
         update_metrics(run, diversity_cos=diversity(teacher, test.normalize(ds.images.to(dev)), ds.labels.to(dev)))
     m = read_json(run / "metrics.json")
     row = {"set": tag, "method": name, "ipc": ipc, "settings": settings, "synthesis_wall_s": m["synthesis_wall_s"],
-           "diversity_cos": m.get("diversity_cos"), "quantization_error": m.get("quantization_error"),
-           "image_updates": m.get("image_updates"), "results": {}}
+           "diversity_cos": m.get("diversity_cos"), "image_updates": m.get("image_updates"), "results": {}}
     for labels in a.labels:
         cfg = EvalConfig(archs=tuple(a.archs), seeds=a.seeds, label_mode=labels, epochs=a.epochs)
         evaluate_set(ds, test, teacher, cfg, dev, run=run, progress=not a.quiet)
@@ -82,7 +81,8 @@ def refresh(row: dict, a) -> dict:
     """Fill the row's results from its run's metrics.json: every protocol at --epochs (also ones run by
     earlier commands), with however many seeds are stored so far (the table says n)."""
     metrics = read_json(a.out / "runs" / row["set"] / "metrics.json")
-    row["teacher_image_passes"] = metrics.get("teacher_image_passes")
+    for k in ("teacher_image_passes", "quantization_error", "random_quantization_error"):
+        row[k] = metrics.get(k)
     row["results"] = {k: summarize_entry(e) for k, e in metrics.get("evaluation", {}).items()
                       if f"/e{a.epochs}-" in k and e["seeds"]}
     return row
@@ -92,13 +92,18 @@ def markdown(rows: list[dict], a) -> str:
     keys = sorted({k for r in rows for k in r["results"]}, key=lambda k: ("/soft/" not in k, k))  # soft first
     base = rows + [read_json(f) for f in sorted(a.baseline.glob("random_ipc*.json")) if a.baseline != a.out]
     floor = {(r["ipc"], k): r["results"][k]["mean"] for r in base if r["method"] == "random" for k in r["results"]}
+    qe = any(r.get("quantization_error") is not None for r in rows)  # ddoq rows: the quantity it minimises
     head = ["set", "synthesis s", "teacher passes", "diversity (cos ↓)"] + \
+        ["quantization error (centres / random real)"] * qe + \
         [f"{k.split('-')[0]} % (n seeds)" for k in keys] + [f"Δ vs random ({keys[0].split('-')[0]})", "eval s/seed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         passes = r.get("teacher_image_passes")
         cells = [r["set"], f"{r['synthesis_wall_s']:.0f}", f"{passes}" if passes else "–",
                  f"{r['diversity_cos']}" if r["diversity_cos"] else ""]
+        if qe:
+            cells.append(f"{r['quantization_error']:.1f} / {r['random_quantization_error']:.1f}"
+                         if r.get("quantization_error") is not None else "")
         for k in keys:
             e = r["results"].get(k)
             cells.append("" if not e else f"{e['mean']:.2f} (n=1)" if e["n"] == 1 else
