@@ -39,6 +39,8 @@ def test_unknown_method_setting_and_ipc_too_large(dataset, teacher_path):
     for name, key in (("sre2l", "crop"), ("delt", "init"), ("e2d", "init"), ("e2d", "bn_targets")):
         with pytest.raises(DDKitError, match=f"bad value 'bogus' for setting '{key}'; choose from"):
             build_method(name, {key: "bogus"})
+    with pytest.raises(DDKitError, match="unknown ddoq encoder 'bogus'"):
+        build_method("ddoq", {"encoder": "bogus"})
     with pytest.raises(DDKitError, match="fewer than IPC=99"):
         build_method("random").run(_ctx(dataset, teacher_path, ipc=99), [0])
 

@@ -144,13 +144,16 @@ class DDOQ(Method):
         ae_latent_ch: int = 8
         weighted: bool = True        # False: D4M-style unweighted prototypes (all weights 1)
 
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        if self.cfg.encoder not in ENCODERS:  # checked here, before the driver creates any output
+            raise DDKitError(f"unknown ddoq encoder {self.cfg.encoder!r}; choose {', '.join(ENCODERS)}")
+
     @property
     def needs_teacher(self):
         return self.cfg.encoder == "teacher"
 
     def coder(self, ctx: Context):
-        if self.cfg.encoder not in ENCODERS:
-            raise DDKitError(f"unknown ddoq encoder {self.cfg.encoder!r}; choose {', '.join(ENCODERS)}")
         return ENCODERS[self.cfg.encoder](ctx, self.cfg)
 
     @torch.no_grad()
