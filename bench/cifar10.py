@@ -39,6 +39,7 @@ BUDGETS = {"sre2l": {"iterations": "1000"}, "delt": {"iterations": "500", "round
            "e2d_noise": {"iterations": "200", "init": "noise"},
            "e2d_exploit_only": {"iterations": "200", "explore_frac": "0"},
            "e2d_no_early_stop": {"iterations": "200", "early_stop": "false"},
+           "e2d_eps01": {"iterations": "200", "eps": "0.1"},  # a CIFAR teacher drives CE < 0.5 in tens of its
            "delt_noise": {"iterations": "500", "round_iters": "100", "init": "noise"},
            # BiLP for a distiller that reads no real image: match BN statistics of the (pruned) pool
            "sre2l_pool": {"iterations": "500", "bn_targets": "data"},
