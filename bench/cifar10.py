@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -67,32 +68,34 @@ def run_one(name, ipc, a, dev, teacher, test) -> dict:
     ds = read_run(run)
     if read_json(run / "metrics.json").get("diversity_cos") is None:   # a run made without a teacher
         update_metrics(run, diversity_cos=diversity(teacher, test.normalize(ds.images.to(dev)), ds.labels.to(dev)))
-    m = read_json(run / "metrics.json")
-    row = {"set": tag, "method": name, "ipc": ipc, "settings": settings, "synthesis_wall_s": m["synthesis_wall_s"],
-           "diversity_cos": m.get("diversity_cos"), "image_updates": m.get("image_updates"), "results": {}}
     for labels in a.labels:
         cfg = EvalConfig(archs=tuple(a.archs), seeds=a.seeds, label_mode=labels, epochs=a.epochs)
         evaluate_set(ds, test, teacher, cfg, dev, run=run, progress=not a.quiet)
     write_report(run)
-    save_json(refresh(row, a), a.out / f"{tag}.json")
+    row = row_of(run, a)
+    save_json(row, a.out / f"{tag}.json")
     return row
 
 
-def refresh(row: dict, a) -> dict:
-    """Fill the row's results from its run's metrics.json: every protocol at --epochs (also ones run by
-    earlier commands), with however many seeds are stored so far (the table says n)."""
-    metrics = read_json(a.out / "runs" / row["set"] / "metrics.json")
-    for k in ("teacher_image_passes", "quantization_error", "random_quantization_error"):
-        row[k] = metrics.get(k)
-    row["results"] = {k: summarize_entry(e) for k, e in metrics.get("evaluation", {}).items()
-                      if f"/e{a.epochs}-" in k and e["seeds"]}
-    return row
+def row_of(run: Path, a) -> dict:
+    """A table row from a run folder alone (its config and metrics): every protocol at --epochs, also
+    ones run by earlier commands, with however many student seeds are stored so far (the table says n)."""
+    d, m = read_json(run / "config.json")["distill"], read_json(run / "metrics.json")
+    seed = d["seed"]   # synthesis draw: rows differing only in it form one draw group
+    return {"set": run.name, "method": run.name.split(f"_ipc{d['ipc']}")[0], "ipc": d["ipc"],
+            "settings": d["settings"], "distill_seed": seed,
+            "draw_group": run.name.removesuffix(f"_seed{seed}") if seed else run.name,
+            **{k: m.get(k) for k in ("synthesis_wall_s", "diversity_cos", "image_updates", "teacher_image_passes",
+                                      "quantization_error", "random_quantization_error")},
+            "results": {k: summarize_entry(e) for k, e in m.get("evaluation", {}).items()
+                        if f"/e{a.epochs}-" in k and e["seeds"]}}
 
 
 def markdown(rows: list[dict], a) -> str:
     keys = sorted({k for r in rows for k in r["results"]}, key=lambda k: ("/soft/" not in k, k))  # soft first
     base = rows + [read_json(f) for f in sorted(a.baseline.glob("random_ipc*.json")) if a.baseline != a.out]
-    floor = {(r["ipc"], k): r["results"][k]["mean"] for r in base if r["method"] == "random" for k in r["results"]}
+    floor = {(r["ipc"], k): r["results"][k]["mean"] for r in base
+             if r["method"] == "random" and not r.get("distill_seed") for k in r["results"]}
     qe = any(r.get("quantization_error") is not None for r in rows)  # ddoq rows: the quantity it minimises
     head = ["set", "synthesis s", "teacher passes", "diversity (cos ↓)"] + \
         ["quantization error (centres / random real)"] * qe + \
@@ -113,13 +116,34 @@ def markdown(rows: list[dict], a) -> str:
         cells.append(f"{e0['mean'] - f0:+.2f}" if e0 and f0 is not None else "")
         cells.append(f"{e0['wall_s_per_seed']:.0f}" if e0 else "")
         lines.append("| " + " | ".join(cells) + " |")
-    budgets = "; ".join(f"{r['method']}: " + (", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults")
-                        for r in rows)
+    lines += draws_table(rows, keys[0])
+    budgets = "; ".join(f"{m}: " + (", ".join(f"{k}={v}" for k, v in st.items()) or "defaults")
+                        for m, st in {r["method"]: r["settings"] for r in rows}.items())
     lines += ["", f"Students: {a.epochs} epochs, AdamW 1e-3 cosine, batch 64, RRC+flip, τ=4 for soft labels; "
               f"final-epoch accuracy, mean ± std over n student seeds (one synthesis draw per row). "
               f"Budgets: {budgets}. "
               f"Teacher: {a.teacher_info}."]
     return "\n".join(lines)
+
+
+def draws_table(rows: list[dict], key: str) -> list[str]:
+    """Sets synthesised more than once (--distill-seed): the spread across draws, which a single row's
+    student-seed ± does not show."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if key in r["results"]:
+            groups.setdefault(r.get("draw_group", r["set"]), []).append(r)
+    lines = []
+    for g, rs in groups.items():
+        if len(rs) > 1:
+            means = [r["results"][key]["mean"] for r in sorted(rs, key=lambda r: r.get("distill_seed", 0))]
+            per = ", ".join(f"{m:.2f} (n={r['results'][key]['n']})" for m, r in zip(means, rs))
+            lines.append(f"| {g} | {len(means)} | {statistics.fmean(means):.2f} ± {statistics.stdev(means):.2f} "
+                         f"| {per} |")
+    if not lines:
+        return []
+    return ["", f"Across synthesis draws ({key.split('-')[0]}): mean ± std of the draws' means.", "",
+            "| set | draws | acc % | per draw (seed 0, 1, …) |", "|---|---|---|---|", *lines]
 
 
 def main():
@@ -149,9 +173,13 @@ def main():
     teacher, ck = load_checkpoint(a.teacher, device=dev)
     a.teacher_info = f"{ck['arch']} {100 * ck['test_acc']:.1f} % test" if ck.get("test_acc") else ck["arch"]
     test = load_data(a.data, "test", stats=(tuple(ck["mean"]), tuple(ck["std"])))
-    if a.table_only:  # rebuild the table from every row JSON in --out (e.g. after runs with several --subset)
-        rows = sorted((refresh(read_json(f), a) for f in a.out.glob("*.json")),
-                      key=lambda r: (r["ipc"], r["method"] != "random", r["set"]))
+    if a.table_only:  # rebuild rows and table from every run in --out (runs are not committed: rows are)
+        rows = {p.parent.name: row_of(p.parent, a) for p in a.out.glob("runs/*/data.pt")}
+        for tag, row in rows.items():
+            save_json(row, a.out / f"{tag}.json")
+        for f in a.out.glob("*.json"):
+            rows.setdefault(f.stem, read_json(f))
+        rows = sorted(rows.values(), key=lambda r: (r["ipc"], r["method"] != "random", r["set"]))
         with atomic_path(a.out / "table.md") as tmp:
             tmp.write_text(markdown(rows, a) + "\n")
         print(markdown(rows, a))
