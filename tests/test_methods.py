@@ -1,3 +1,4 @@
+import json
 import pytest
 import torch
 
@@ -141,3 +142,5 @@ def test_bn_targets_data_are_computed_once_on_the_pruned_pool(dataset, teacher_p
                           settings={"iterations": "3", "bn_targets": "data"}), tmp_path / "run", "cpu",
             progress=False)
     assert seen == [24]            # 3 groups, one pass over the 24 kept images
+    groups = json.loads((tmp_path / "run" / "metrics.json").read_text())["groups"]
+    assert groups[0]["bn_targets_wall_s"] > 0 and [g["bn_targets_wall_s"] for g in groups[1:]] == [0, 0]

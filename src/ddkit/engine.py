@@ -86,29 +86,24 @@ def data_bn_stats(model: nn.Module, images: torch.Tensor, normalize, device,
     """Mean and variance of every BatchNorm2d's input over a whole image pool, in eval mode (the mode
     the synthetic batch is measured in). BiLP uses it to match the statistics of a pruned pool rather
     than the teacher's running buffers, which describe the full, augmented training data."""
-    bns, sums = bn_layers(model), {}
+    bns, acc = bn_layers(model), {}
 
-    def hook(module, inputs, output):
-        flat = inputs[0].double().transpose(0, 1).reshape(inputs[0].shape[1], -1)
-        s = sums.setdefault(module, [0, 0.0, 0.0])
-        s[0] += flat.shape[1]
-        s[1] = s[1] + flat.sum(1)
-        s[2] = s[2] + flat.square().sum(1)
+    def hook(module, inputs, output):  # merge each batch's (n, mean, var) into the running totals (Chan et al.)
+        var, mean = torch.var_mean(inputs[0].float(), dim=(0, 2, 3), correction=0)
+        nb = inputs[0].numel() // inputs[0].shape[1]
+        n, m, m2 = acc.get(module, (0, 0.0, 0.0))
+        delta, tot = mean.double() - m, n + nb
+        acc[module] = (tot, m + delta * nb / tot, m2 + var.double() * nb + delta.square() * n * nb / tot)
 
     handles = [bn.register_forward_hook(hook) for bn in bns]
     try:
         model.eval()
         for i in range(0, len(images), batch_size):
-            model(normalize(images[i:i + batch_size].to(device)))
+            model(normalize(images[i:i + batch_size].to(device)).contiguous(memory_format=torch.channels_last))
     finally:
         for h in handles:
             h.remove()
-    out = []
-    for bn in bns:
-        n, s1, s2 = sums[bn]
-        mean = s1 / n
-        out.append((mean.float(), (s2 / n - mean.square()).clamp_min(0).float()))
-    return out
+    return [(acc[bn][1].float(), (acc[bn][2] / acc[bn][0]).float()) for bn in bns]
 
 
 class BNStatLoss:

@@ -1,6 +1,7 @@
 """Methods that optimise pixels on the shared engine: `sre2l`, `delt`, `e2d`."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, fields
 
 import torch
@@ -17,14 +18,15 @@ def _recover_cfg(cfg) -> RecoverConfig:
     return RecoverConfig(**{f.name: getattr(cfg, f.name) for f in fields(RecoverConfig)})
 
 
-def _bn_targets(method, ctx: Context):
-    """None (the teacher's running stats) or, with bn_targets=data, the BN-input statistics of the real
-    pool (e.g. a BiLP-pruned subset), computed once per run: groups share them like running stats."""
-    if method.cfg.bn_targets == "running":
-        return None
-    if getattr(method, "_pool_stats", None) is None:
-        method._pool_stats = data_bn_stats(ctx.teacher, ctx.train.images, ctx.train.normalize, ctx.device)
-    return method._pool_stats
+def _bn_targets(method, ctx: Context) -> tuple[list | None, float]:
+    """(targets, seconds spent on them here): None for the teacher's running stats or, with
+    bn_targets=data, the BN-input statistics of the real pool (e.g. a BiLP-pruned subset), computed by the
+    first group and shared by the others, like running stats."""
+    if method.cfg.bn_targets == "running" or getattr(method, "_pool_stats", None) is not None:
+        return getattr(method, "_pool_stats", None), 0.0
+    t0 = time.time()
+    method._pool_stats = data_bn_stats(ctx.teacher, ctx.train.images, ctx.train.normalize, ctx.device)
+    return method._pool_stats, round(time.time() - t0, 2)
 
 
 def _summary(res, **extra) -> dict:
@@ -51,10 +53,11 @@ class SRe2L(Method):
         size = ctx.train.image_size
         x0 = torch.randn(len(y), 3, size, size, generator=ctx.gen).to(ctx.device)
         lo, hi = ctx.bounds()
+        targets, stats_s = _bn_targets(self, ctx)
         res = recover(ctx.teacher, x0, y, _recover_cfg(self.cfg), lo, hi, ctx.gen, progress=ctx.progress,
                       desc=f"sre2l {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint,
-                      bn_targets=_bn_targets(self, ctx))
-        return Output(res.x.cpu(), y, info=_summary(res))
+                      bn_targets=targets)
+        return Output(res.x.cpu(), y, info=_summary(res, bn_targets_wall_s=stats_s))
 
 
 def delt_rounds(ipc: int, iterations: int, round_iters: int) -> list[int]:
@@ -124,10 +127,11 @@ class DELT(Method):
         y = torch.tensor(classes).repeat_interleave(ctx.ipc)
         start = torch.tensor(rounds * len(classes)) * cfg.round_iters
         lo, hi = ctx.bounds()
+        targets, stats_s = _bn_targets(self, ctx)
         res = recover(ctx.teacher, x0, y, _recover_cfg(cfg), lo, hi, ctx.gen, start_iter=start,
                       progress=ctx.progress, desc=f"delt {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint,
-                      bn_targets=_bn_targets(self, ctx))
-        return Output(res.x.cpu(), y, info=_summary(res, start_iter=start.tolist()))
+                      bn_targets=targets)
+        return Output(res.x.cpu(), y, info=_summary(res, start_iter=start.tolist(), bn_targets_wall_s=stats_s))
 
 
 class E2DSampler(UniformSampler):
@@ -216,8 +220,9 @@ class E2D(Method):
         y = torch.tensor(classes).repeat_interleave(ctx.ipc)
         sampler = E2DSampler(cfg, size, len(y))
         lo, hi = ctx.bounds()
+        targets, stats_s = _bn_targets(self, ctx)
         res = recover(ctx.teacher, x0, y, _recover_cfg(cfg), lo, hi, ctx.gen, sampler=sampler,
                       progress=ctx.progress, desc=f"e2d {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint,
-                      bn_targets=_bn_targets(self, ctx))
-        return Output(res.x.cpu(), y, info=_summary(res, exploit_steps=sampler.exploit_steps,
+                      bn_targets=targets)
+        return Output(res.x.cpu(), y, info=_summary(res, bn_targets_wall_s=stats_s, exploit_steps=sampler.exploit_steps,
                                                    memory_left=sum(len(m) for m in sampler.memory)))
