@@ -12,9 +12,9 @@
   means and variances, first layer x10). The synthetic set D_s is a reference run or, by default, the
   random real IPC images every real-init method starts from. Both tails are dropped (smallest = no effect,
   largest = outliers), (1 - keep)/2 each.
-Scores do not depend on `keep`, so both scores are cached (`~/.cache/ddkit/scores`) and a second keep
-fraction of the same criterion costs only the selection (the summary says when scores came from the cache).
 - `random`: the control, same per-class counts.
+Loss and causal scores do not depend on `keep`, so they are cached (`~/.cache/ddkit/scores`): a second
+keep fraction costs only the selection (the summary says when scores came from the cache).
 Indices always refer to the full dataset's canonical order, so selections chain (`--subset` in, index out).
 """
 from __future__ import annotations

@@ -224,5 +224,6 @@ class E2D(Method):
         res = recover(ctx.teacher, x0, y, _recover_cfg(cfg), lo, hi, ctx.gen, sampler=sampler,
                       progress=ctx.progress, desc=f"e2d {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint,
                       bn_targets=targets)
-        return Output(res.x.cpu(), y, info=_summary(res, bn_targets_wall_s=stats_s, exploit_steps=sampler.exploit_steps,
+        return Output(res.x.cpu(), y, info=_summary(res, bn_targets_wall_s=stats_s,
+                                                   exploit_steps=sampler.exploit_steps,
                                                    memory_left=sum(len(m) for m in sampler.memory)))
