@@ -97,9 +97,14 @@ def markdown(rows: list[dict], a) -> str:
     floor = {(r["ipc"], k): r["results"][k]["mean"] for r in base
              if r["method"] == "random" and not r.get("distill_seed") for k in r["results"]}
     qe = any(r.get("quantization_error") is not None for r in rows)  # ddoq rows: the quantity it minimises
+    proto = {k.split("-")[0]: k for k in keys}                       # "convnet3/soft/e300" -> full key
+    gaps = [(proto[p], proto[p.replace("/soft/", "/hard/")]) for p in proto
+            if "/soft/" in p and p.replace("/soft/", "/hard/") in proto]
     head = ["set", "synthesis s", "teacher passes", "diversity (cos ↓)"] + \
         ["quantization error (centres / random real)"] * qe + \
-        [f"{k.split('-')[0]} % (n seeds)" for k in keys] + [f"Δ vs random ({keys[0].split('-')[0]})", "eval s/seed"]
+        [f"{k.split('-')[0]} % (n seeds)" for k in keys] + \
+        [f"soft − hard ({ks.split('/')[0]})" for ks, _ in gaps] + \
+        [f"Δ vs random ({k.split('-')[0]})" for k in keys] + [f"eval s/seed ({keys[0].split('-')[0]})"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         passes = r.get("teacher_image_passes")
@@ -112,8 +117,13 @@ def markdown(rows: list[dict], a) -> str:
             e = r["results"].get(k)
             cells.append("" if not e else f"{e['mean']:.2f} (n=1)" if e["n"] == 1 else
                          f"{e['mean']:.2f} ± {e['std']:.2f} (n={e['n']})")
-        e0, f0 = r["results"].get(keys[0]), floor.get((r["ipc"], keys[0]))
-        cells.append(f"{e0['mean'] - f0:+.2f}" if e0 and f0 is not None else "")
+        for ks, kh in gaps:
+            es, eh = r["results"].get(ks), r["results"].get(kh)
+            cells.append(f"{es['mean'] - eh['mean']:+.2f}" if es and eh else "")
+        for k in keys:
+            e, f = r["results"].get(k), floor.get((r["ipc"], k))
+            cells.append(f"{e['mean'] - f:+.2f}" if e and f is not None else "")
+        e0 = r["results"].get(keys[0])
         cells.append(f"{e0['wall_s_per_seed']:.0f}" if e0 else "")
         lines.append("| " + " | ".join(cells) + " |")
     lines += draws_table(rows, keys[0])
