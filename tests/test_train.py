@@ -44,9 +44,11 @@ def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         fit(build_model("convnet3", 2, 8), x, y, lambda t: t, cfg, torch.device("cpu"), checkpoint=ck,
             progress=False, on_batch=preempt)
-    assert load_torch(ck)["epoch"] == 2
+    state = load_torch(ck)
+    assert state["epoch"] == 2 and state["elapsed_s"] > 0
     m = build_model("convnet3", 2, 8)  # fresh weights: everything must come from the checkpoint
-    fit(m, x, y, lambda t: t, cfg, torch.device("cpu"), checkpoint=ck, progress=False)
+    hist = fit(m, x, y, lambda t: t, cfg, torch.device("cpu"), checkpoint=ck, progress=False)
+    assert hist["resumed_s"] == state["elapsed_s"] and len(hist["loss"]) == 4  # earlier time still counted
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), m.state_dict().values()))
 
 

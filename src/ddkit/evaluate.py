@@ -105,7 +105,7 @@ def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, c
                        teacher=teacher if cfg.label_mode == "soft" else None, weights=weights,
                        checkpoint=ckpt and str(ckpt), desc=f"student {arch} seed {seed}", progress=progress)
             acc = accuracy(student, test.images, test.labels, test.normalize, device)
-            entry["seeds"][str(seed)] = {"acc": acc, "wall_s": round(time.time() - t0, 1),
+            entry["seeds"][str(seed)] = {"acc": acc, "wall_s": round(time.time() - t0 + hist["resumed_s"], 1),
                                          "final_loss": round(hist["loss"][-1], 4)}
             if run and dist.is_main():  # under torchrun every rank trained the same student
                 stored[key] = entry

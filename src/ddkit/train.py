@@ -130,7 +130,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
     opt = (torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
                            weight_decay=cfg.weight_decay) if cfg.optimizer == "sgd" else
            torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
-    start, history = 0, {"loss": []}
+    start, history, before = 0, {"loss": []}, 0.0
     if checkpoint:
         try:
             state = load_torch(checkpoint, "training checkpoint")
@@ -140,9 +140,9 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
             gen.set_state(state["gen"])
-            start, history = state["epoch"], state["history"]
+            start, history, before = state["epoch"], state["history"], state.get("elapsed_s", 0.0)
     net = _data_parallel(model, device) if world > 1 else model
-    saved = time.monotonic()
+    saved = began = time.monotonic()
     bar = tqdm(range(start, cfg.epochs), desc=desc, disable=not progress, leave=False, initial=start,
                total=cfg.epochs)
     for epoch in bar:
@@ -191,6 +191,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
         if checkpoint and rank == 0 and (time.monotonic() - saved >= CHECKPOINT_S or epoch + 1 == cfg.epochs):
             saved = time.monotonic()
             save_torch({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                        "epoch": epoch + 1, "history": history}, checkpoint)
+                        "epoch": epoch + 1, "history": history,
+                        "elapsed_s": before + time.monotonic() - began}, checkpoint)
     model.eval()
-    return history
+    return {**history, "resumed_s": before}  # training time spent by interrupted attempts, up to their checkpoint
