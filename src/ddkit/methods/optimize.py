@@ -29,11 +29,18 @@ def _bn_targets(method, ctx: Context) -> tuple[list | None, float]:
     return method._pool_stats, round(time.time() - t0, 2)
 
 
-def _summary(res, **extra) -> dict:
-    return {"iterations_run": res.iterations_run, "teacher_image_passes": res.teacher_passes,
-            "image_updates": int(res.updates.sum()), "recover_wall_s": round(res.wall_s, 2),
-            "resumed_wall_s": round(res.resumed_s, 2),
-            "curve": res.curve, "updates_per_image": res.updates.tolist(), **extra}
+def _recover(method, ctx: Context, x0: torch.Tensor, y: torch.Tensor, classes: list[int], **kw):
+    """Run the engine on one group of classes with the method's knobs; returns the result and its
+    per-group metrics (cost counters, curve, time spent on pool BN targets)."""
+    lo, hi = ctx.bounds()
+    targets, stats_s = _bn_targets(method, ctx)
+    res = recover(ctx.teacher, x0, y, _recover_cfg(method.cfg), lo, hi, ctx.gen, progress=ctx.progress,
+                  desc=f"{method.name} {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint,
+                  bn_targets=targets, **kw)
+    return res, {"iterations_run": res.iterations_run, "teacher_image_passes": res.teacher_passes,
+                 "image_updates": int(res.updates.sum()), "recover_wall_s": round(res.wall_s, 2),
+                 "resumed_wall_s": round(res.resumed_s, 2), "bn_targets_wall_s": stats_s,
+                 "curve": res.curve, "updates_per_image": res.updates.tolist()}
 
 
 @register
@@ -52,12 +59,8 @@ class SRe2L(Method):
         y = torch.tensor(classes).repeat_interleave(ctx.ipc)
         size = ctx.train.image_size
         x0 = torch.randn(len(y), 3, size, size, generator=ctx.gen).to(ctx.device)
-        lo, hi = ctx.bounds()
-        targets, stats_s = _bn_targets(self, ctx)
-        res = recover(ctx.teacher, x0, y, _recover_cfg(self.cfg), lo, hi, ctx.gen, progress=ctx.progress,
-                      desc=f"sre2l {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint,
-                      bn_targets=targets)
-        return Output(res.x.cpu(), y, info=_summary(res, bn_targets_wall_s=stats_s))
+        res, info = _recover(self, ctx, x0, y, classes)
+        return Output(res.x.cpu(), y, info=info)
 
 
 def delt_rounds(ipc: int, iterations: int, round_iters: int) -> list[int]:
@@ -126,12 +129,8 @@ class DELT(Method):
         x0 = torch.cat([self._init(ctx, c) for c in classes])
         y = torch.tensor(classes).repeat_interleave(ctx.ipc)
         start = torch.tensor(rounds * len(classes)) * cfg.round_iters
-        lo, hi = ctx.bounds()
-        targets, stats_s = _bn_targets(self, ctx)
-        res = recover(ctx.teacher, x0, y, _recover_cfg(cfg), lo, hi, ctx.gen, start_iter=start,
-                      progress=ctx.progress, desc=f"delt {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint,
-                      bn_targets=targets)
-        return Output(res.x.cpu(), y, info=_summary(res, start_iter=start.tolist(), bn_targets_wall_s=stats_s))
+        res, info = _recover(self, ctx, x0, y, classes, start_iter=start)
+        return Output(res.x.cpu(), y, info={**info, "start_iter": start.tolist()})
 
 
 class E2DSampler(UniformSampler):
@@ -219,11 +218,6 @@ class E2D(Method):
             x0 = random_flip(ctx.real(picks), ctx.gen)
         y = torch.tensor(classes).repeat_interleave(ctx.ipc)
         sampler = E2DSampler(cfg, size, len(y))
-        lo, hi = ctx.bounds()
-        targets, stats_s = _bn_targets(self, ctx)
-        res = recover(ctx.teacher, x0, y, _recover_cfg(cfg), lo, hi, ctx.gen, sampler=sampler,
-                      progress=ctx.progress, desc=f"e2d {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint,
-                      bn_targets=targets)
-        return Output(res.x.cpu(), y, info=_summary(res, bn_targets_wall_s=stats_s,
-                                                   exploit_steps=sampler.exploit_steps,
-                                                   memory_left=sum(len(m) for m in sampler.memory)))
+        res, info = _recover(self, ctx, x0, y, classes, sampler=sampler)
+        return Output(res.x.cpu(), y, info={**info, "exploit_steps": sampler.exploit_steps,
+                                            "memory_left": sum(len(m) for m in sampler.memory)})
