@@ -34,6 +34,8 @@ BUDGETS = {"sre2l": {"iterations": "1000"}, "delt": {"iterations": "500", "round
            "e2d": {"iterations": "200"}, "rded": {}, "random": {}, "ddoq": {"encoder": "teacher"},
            "ddoq_pixel": {"encoder": "pixel"}, "ddoq_ae": {"encoder": "autoencoder"},
            "ddoq_unweighted": {"encoder": "teacher", "weighted": "false"},
+           "ddoq_pixel_unweighted": {"encoder": "pixel", "weighted": "false"},
+           "ddoq_ae_unweighted": {"encoder": "autoencoder", "weighted": "false"},
            "delt_uniform": {"iterations": "500", "round_iters": "100", "early_late": "false"},
            "delt_randinit": {"iterations": "500", "round_iters": "100", "init": "random"},
            "e2d_explore_only": {"iterations": "200", "explore_frac": "1.0"},
