@@ -36,6 +36,8 @@ BUDGETS = {"sre2l": {"iterations": "1000"}, "delt": {"iterations": "500", "round
            "ddoq_unweighted": {"encoder": "teacher", "weighted": "false"},
            "ddoq_pixel_unweighted": {"encoder": "pixel", "weighted": "false"},
            "ddoq_ae_unweighted": {"encoder": "autoencoder", "weighted": "false"},
+           "ddoq_pixel_medoid": {"encoder": "pixel", "decode": "medoid"},
+           "ddoq_ae_medoid": {"encoder": "autoencoder", "decode": "medoid"},
            "delt_uniform": {"iterations": "500", "round_iters": "100", "early_late": "false"},
            "delt_randinit": {"iterations": "500", "round_iters": "100", "init": "random"},
            "e2d_explore_only": {"iterations": "200", "explore_frac": "1.0"},

@@ -41,6 +41,16 @@ def test_unweighted_prototypes_have_unit_weights(dataset, teacher_path):
     assert out.weights.tolist() == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("encoder", ["pixel", "autoencoder"])
+def test_medoid_decoding_returns_real_images_of_the_class(encoder, dataset, teacher_path):
+    ctx = _ctx(dataset, teacher_path)
+    out = build_method("ddoq", {"encoder": encoder, "ae_epochs": "2", "decode": "medoid"}).run(ctx, [1])
+    real = ctx.real(ctx.train.class_indices(1))
+    assert all(any(torch.equal(x, r) for r in real) for x in out.x)
+    own = build_method("ddoq", {"encoder": encoder, "ae_epochs": "2"}).run(ctx, [1])
+    assert not any(torch.equal(x, r) for x in own.x for r in real)   # the encoder's decoder makes new images
+
+
 def test_autoencoder_round_trips_shapes():
     ae = AutoEncoder(latent_ch=4)
     x = torch.randn(2, 3, 16, 16)

@@ -2,7 +2,8 @@
 the decoded centres are the images and each centre's cell mass (how many real samples are nearest to it)
 is its loss weight at evaluation. Encoders: `pixel` (identity: centres are pixel averages), `teacher`
 (penultimate features; decoded as the medoid, the real image nearest the centre), `autoencoder` (a small
-conv autoencoder trained and cached per dataset). A user's own encoder (e.g. a latent-diffusion VAE)
+conv autoencoder trained and cached per dataset). `decode=medoid` replaces any encoder's own decoder by the
+medoid, which separates where the centres sit from how they become images. A user's own encoder (e.g. a latent-diffusion VAE)
 is one more entry in ENCODERS: a factory (ctx, cfg) -> object with `encode(x) -> z [n, d]` and
 `decode(z, x_real, z_real) -> images`.
 """
@@ -40,6 +41,11 @@ def quantization_error(z: np.ndarray, centres: np.ndarray, assign: np.ndarray | 
     return float(((z - centres[assign]) ** 2).sum(1).mean())
 
 
+def medoid(z, x_real, z_real):
+    """The real image whose latent is nearest each centre."""
+    return x_real[torch.cdist(z, z_real).argmin(1)]
+
+
 class PixelCoder:
     def encode(self, x):
         return x.flatten(1)
@@ -55,8 +61,8 @@ class TeacherCoder:
     def encode(self, x):
         return embed(self.teacher, x)[0]
 
-    def decode(self, z, x_real, z_real):  # medoid: the real image whose latent is nearest each centre
-        return x_real[torch.cdist(z, z_real).argmin(1)]
+    def decode(self, z, x_real, z_real):  # features cannot be inverted: the medoid stands in
+        return medoid(z, x_real, z_real)
 
 
 class AutoEncoder(nn.Module):
@@ -143,6 +149,8 @@ class DDOQ(Method):
         ae_epochs: int = 10
         ae_latent_ch: int = 8
         weighted: bool = True        # False: D4M-style unweighted prototypes (all weights 1)
+        decode: str = "encoder"      # encoder: its own decoder | medoid: nearest real image to each centre
+        CHOICES = {"decode": ("encoder", "medoid")}
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
@@ -174,10 +182,12 @@ class DDOQ(Method):
             pick = torch.randperm(len(z), generator=ctx.gen)[:ctx.ipc].numpy()
             errs.append(quantization_error(z, centres, assign))
             rand_errs.append(quantization_error(z, z[pick]))   # random real samples as the quantizer
-            img = coder.decode(torch.from_numpy(centres).to(ctx.device), x_real, z_real)
+            decode = medoid if cfg.decode == "medoid" else coder.decode
+            img = decode(torch.from_numpy(centres).to(ctx.device), x_real, z_real)
             xs.append(img.cpu().clamp(min=lo.view(1, -1, 1, 1), max=hi.view(1, -1, 1, 1)))
             ys += [c] * ctx.ipc
             ws.append(torch.from_numpy(counts) if cfg.weighted else torch.ones(ctx.ipc))
         return Output(torch.cat(xs), torch.tensor(ys), torch.cat(ws),
                       info={"quantization_error": float(np.mean(errs)),
-                            "random_quantization_error": float(np.mean(rand_errs)), "encoder": cfg.encoder})
+                            "random_quantization_error": float(np.mean(rand_errs)), "encoder": cfg.encoder,
+                            "decode": cfg.decode})
