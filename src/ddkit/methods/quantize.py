@@ -3,8 +3,8 @@ the decoded centres are the images and each centre's cell mass (how many real sa
 is its loss weight at evaluation. Encoders: `pixel` (identity: centres are pixel averages), `teacher`
 (penultimate features; decoded as the medoid, the real image nearest the centre), `autoencoder` (a small
 conv autoencoder trained and cached per dataset). `decode=medoid` replaces any encoder's own decoder by the
-medoid, which separates where the centres sit from how they become images. A user's own encoder (e.g. a latent-diffusion VAE)
-is one more entry in ENCODERS: a factory (ctx, cfg) -> object with `encode(x) -> z [n, d]` and
+medoid, which separates where the centres sit from how they become images. A user's own encoder (e.g. a
+latent-diffusion VAE) is one more entry in ENCODERS: a factory (ctx, cfg) -> object with `encode(x) -> z [n, d]` and
 `decode(z, x_real, z_real) -> images`.
 """
 from __future__ import annotations
@@ -167,6 +167,7 @@ class DDOQ(Method):
     @torch.no_grad()
     def run(self, ctx: Context, classes: list[int]) -> Output:
         cfg, coder = self.cfg, self.coder(ctx)
+        decode = medoid if cfg.decode == "medoid" else coder.decode
         lo, hi = ctx.bounds()
         xs, ys, ws, errs, rand_errs = [], [], [], [], []
         for c in classes:
@@ -182,7 +183,6 @@ class DDOQ(Method):
             pick = torch.randperm(len(z), generator=ctx.gen)[:ctx.ipc].numpy()
             errs.append(quantization_error(z, centres, assign))
             rand_errs.append(quantization_error(z, z[pick]))   # random real samples as the quantizer
-            decode = medoid if cfg.decode == "medoid" else coder.decode
             img = decode(torch.from_numpy(centres).to(ctx.device), x_real, z_real)
             xs.append(img.cpu().clamp(min=lo.view(1, -1, 1, 1), max=hi.view(1, -1, 1, 1)))
             ys += [c] * ctx.ipc
