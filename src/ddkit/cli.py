@@ -32,6 +32,13 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-weights", action="store_true", help="ignore per-image weights (e.g. DDOQ masses)")
 
 
+def _teacher_args(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--teacher", help=f"{help}: a ddkit checkpoint, or a pretrained model: torchvision:NAME, "
+                   "timm:NAME, module:function")
+    p.add_argument("--teacher-weights", metavar="PATH", help="state dict of a torchvision:/timm:/module:function "
+                   "teacher (default: the library's cache, or its download where the internet is reachable)")
+
+
 def _eval_config(a):
     from .evaluate import EvalConfig
     return EvalConfig(archs=tuple(a.arch), seeds=a.seeds, label_mode=a.labels, epochs=a.epochs,
@@ -59,6 +66,12 @@ def cmd_teacher(a) -> None:
     from .teacher import train_teacher
     from .train import teacher_recipe
     from .utils import resolve_device
+    if a.import_spec:
+        return import_teacher(a)
+    if not a.data:
+        raise DDKitError("ddkit teacher needs --data to train on (or --import SPEC to freeze a pretrained model)")
+    if a.teacher_weights or a.image_size or a.stats:
+        raise DDKitError("--teacher-weights, --image-size and --stats go with --import")
     train, test = load_splits(a.data, a.test_data)
     if a.subset:
         train = load_subset_file(a.subset, train)
@@ -70,19 +83,35 @@ def cmd_teacher(a) -> None:
                           "train_time_s": ck.get("train_time_s"), "cached": ck["cached"]}))
 
 
-def _load_eval_inputs(data: str | None, teacher_path: str | None, device):
+def import_teacher(a) -> None:
+    """`ddkit teacher --import SPEC --out FILE`: freeze a pretrained model into a ddkit checkpoint."""
+    from .data import load_data
+    from .teacher import import_teacher
+    from .utils import save_torch
+    if not a.out:
+        raise DDKitError("--import needs --out FILE (the ddkit checkpoint to write)")
+    train = load_data(a.data, "train") if a.data else None
+    if a.stats == "data" and train is None:
+        raise DDKitError("--stats data needs --data")
+    _, ck = import_teacher(a.import_spec, a.teacher_weights, train and train.classes,
+                           a.image_size or (train and train.image_size),
+                           (train.mean, train.std) if a.stats == "data" else None)
+    save_torch(ck, a.out)
+    print(json.dumps({"teacher": a.out, "arch": ck["arch"], "classes": ck["num_classes"],
+                      "image_size": ck["image_size"], "mean": ck["mean"], "std": ck["std"],
+                      "stats_from": ck["stats_from"], "weights": ck["imported_from"]}))
+
+
+def _load_eval_inputs(data: str | None, teacher: str | None, weights: str | None, device):
     """Test split and teacher; the test set is normalised with the teacher's training statistics."""
     from .data import load_data, load_splits
-    from .teacher import load_checkpoint
+    from .teacher import load_teacher
     if not data:
         raise DDKitError("no data to evaluate on: pass --data (a dataset name or ImageFolder root)")
-    teacher, ck = None, None
-    if teacher_path:
-        teacher, ck = load_checkpoint(teacher_path, device=device)
-        test = load_data(data, "test", stats=(tuple(ck["mean"]), tuple(ck["std"])))
-        if list(test.classes) != list(ck["classes"]):
-            raise DDKitError(f"teacher {teacher_path} classes {ck['classes'][:3]}... differ from test classes "
-                             f"{test.classes[:3]}...")
+    if teacher:
+        test = load_data(data, "test")
+        teacher, ck = load_teacher(teacher, weights, test.classes, test.image_size, device)
+        test.mean, test.std = tuple(ck["mean"]), tuple(ck["std"])
     else:
         _, test = load_splits(data)
     return test, teacher
@@ -107,8 +136,10 @@ def cmd_evaluate(a) -> None:
         if not a.run:
             raise DDKitError("give a RUN folder to evaluate, or --full for the full-real-data baseline")
         run_cfg = read_json(Path(a.run) / "config.json").get("distill", {})
-        cfg_data, a.teacher = a.data or run_cfg.get("data"), a.teacher or run_cfg.get("teacher")
-    test, teacher = _load_eval_inputs(cfg_data, a.teacher, dev)
+        cfg_data = a.data or run_cfg.get("data")
+        if not a.teacher:  # the run's teacher, with its weights
+            a.teacher, a.teacher_weights = run_cfg.get("teacher"), run_cfg.get("teacher_weights")
+    test, teacher = _load_eval_inputs(cfg_data, a.teacher, a.teacher_weights, dev)
     if a.full:
         train = load_data(a.data, "train")
         if a.subset:
@@ -139,7 +170,8 @@ def cmd_distill(a) -> None:
     def absolute(p):  # the run's config must still point at its inputs when read from another folder
         return str(Path(p).resolve()) if p and Path(p).exists() else p
     cfg = DistillConfig(method=a.method, ipc=a.ipc, data=absolute(a.data), teacher=absolute(a.teacher),
-                        subset=absolute(a.subset), seed=a.seed, classes_per_group=a.classes_per_group,
+                        teacher_weights=absolute(a.teacher_weights), subset=absolute(a.subset), seed=a.seed,
+                        classes_per_group=a.classes_per_group,
                         settings=_settings(a.set))
     out = distill(cfg, a.out, a.device, overwrite=a.overwrite, progress=not a.quiet)
     if out is not None:  # None on torchrun ranks other than 0: rank 0 writes the run
@@ -150,14 +182,15 @@ def cmd_distill(a) -> None:
                           "diversity_cos": m.get("diversity_cos")}))
     if a.evaluate:
         dist.barrier()  # every rank trains the students; the run must exist first
-        a.run, a.full, a.data, a.subset = str(a.out), False, None, None
+        a.run, a.full, a.data, a.subset, a.teacher = str(a.out), False, None, None, None  # the run's
         cmd_evaluate(a)
 
 
 def cmd_select(a) -> None:
     from .select import SelectConfig, select
     cfg = SelectConfig(criterion=a.criterion, keep=a.keep, keep_end=a.keep_end, proxy_epochs=a.proxy_epochs,
-                       teacher=a.teacher, reference=a.reference, ipc=a.ipc, seed=a.seed, subset=a.subset)
+                       teacher=a.teacher, teacher_weights=a.teacher_weights, reference=a.reference, ipc=a.ipc,
+                       seed=a.seed, subset=a.subset)
     info = select(a.data, cfg, a.out, a.device, progress=not a.quiet)
     print(json.dumps(info))
 
@@ -168,10 +201,15 @@ def cmd_report(a) -> None:
 
 
 def cmd_export(a) -> None:
-    from .rundir import export_ddranking, read_json
-    from .teacher import load_checkpoint
-    teacher_path = a.teacher or read_json(Path(a.run) / "config.json").get("distill", {}).get("teacher")
-    teacher, ck = load_checkpoint(teacher_path) if teacher_path else (None, {})
+    from .rundir import export_ddranking, read_json, read_run
+    from .teacher import load_teacher
+    config = read_json(Path(a.run) / "config.json")
+    if not a.teacher:  # the run's teacher, with its weights
+        a.teacher, a.teacher_weights = (config.get("distill", {}).get(k) for k in ("teacher", "teacher_weights"))
+    teacher, ck = None, {}
+    if a.teacher:
+        teacher, ck = load_teacher(a.teacher, a.teacher_weights, read_run(a.run).classes,
+                                   config.get("data", {}).get("image_size"))
     out = export_ddranking(a.run, a.out, teacher, ck.get("mean"), ck.get("std"))
     print(json.dumps({"export": str(out), "soft_labels": teacher is not None}))
 
@@ -185,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ddkit", description="Dataset distillation toolkit.")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("teacher", help="train (or fetch from cache) a teacher on real data")
-    p.add_argument("--data", required=True, help="dataset name (digits, cifar10, cifar100) or ImageFolder root")
+    p = sub.add_parser("teacher", help="train (or fetch from cache) a teacher on real data, or import a "
+                       "pretrained one (--import)")
+    p.add_argument("--data", help="dataset name (digits, cifar10, cifar100) or ImageFolder root; with --import: "
+                   "names the classes and sets the resolution")
     p.add_argument("--test-data", help="test ImageFolder if not <data>/test")
     p.add_argument("--arch", default="convnet3")
     p.add_argument("--epochs", type=int, default=12)
@@ -195,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", help="index file from `ddkit select`")
     p.add_argument("--out", help="also copy the checkpoint here")
     p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--import", dest="import_spec", metavar="SPEC", help="freeze a pretrained model "
+                   "(torchvision:NAME, timm:NAME, module:function) into a ddkit checkpoint at --out")
+    p.add_argument("--teacher-weights", metavar="PATH", help="with --import: its state dict (default: the "
+                   "library's cache, or its download where the internet is reachable)")
+    p.add_argument("--image-size", type=int, help="with --import: resolution it is used at (default: --data's, "
+                   "else its pretrained input size)")
+    p.add_argument("--stats", choices=["model", "data"], help="with --import: normalise as the weights were "
+                   "trained (model, the default) or with --data's channel statistics")
     _common(p)
     p.set_defaults(fn=cmd_teacher)
 
@@ -202,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True)
     p.add_argument("--ipc", type=int, required=True, help="images per class")
     p.add_argument("--data", required=True)
-    p.add_argument("--teacher", help="teacher checkpoint (from `ddkit teacher`)")
+    _teacher_args(p, "teacher (from `ddkit teacher`)")
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method setting, repeatable")
     p.add_argument("--seed", type=int, default=0)
@@ -218,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="train students on a distilled set (or full data), report test accuracy")
     p.add_argument("run", nargs="?", help="run folder, or any ImageFolder of distilled images")
     p.add_argument("--data", help="dataset whose test split is used (default: the run's)")
-    p.add_argument("--teacher", help="teacher for soft labels (default: the run's)")
+    _teacher_args(p, "teacher for soft labels (default: the run's)")
     p.add_argument("--full", action="store_true", help="baseline: students on the full real training data")
     p.add_argument("--subset", help="with --full: train on the kept samples of this index file")
     p.add_argument("--json", help="write results to this file")
@@ -233,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-end", choices=["low", "high"], default="low", help="loss criterion: keep the "
                    "low-loss (easy, the paper's choice) or high-loss end")
     p.add_argument("--proxy-epochs", type=int, default=5)
-    p.add_argument("--teacher", help="loss: score with this model instead of training a proxy; "
-                   "causal: the BN teacher whose statistics the distiller matches")
+    _teacher_args(p, "loss: score with this model instead of training a proxy; causal: the BN teacher "
+                  "whose statistics the distiller matches")
     p.add_argument("--reference", help="causal: a distilled run used as the synthetic set")
     p.add_argument("--ipc", type=int, default=10, help="causal without --reference: random real images "
                    "per class standing in for the synthetic set")
@@ -251,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a run as DD-Ranking tensors (images.pt, labels.pt)")
     p.add_argument("run")
     p.add_argument("--out", required=True)
-    p.add_argument("--teacher", help="teacher for soft labels (default: the run's)")
+    _teacher_args(p, "teacher for soft labels (default: the run's)")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("demo", help="offline end-to-end demo on scikit-learn's digits (< 2 min on 2 cores)")

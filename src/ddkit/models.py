@@ -1,10 +1,15 @@
 """Model registry: every architecture is built by name for any class count and input size.
 
-All models expose `model.head` (the final nn.Linear), so the penultimate features used by diversity
-metrics, RDED scoring and DDOQ's teacher encoder are read the same way for every architecture.
+Names are ddkit's own (`convnet3`, `resnet18`, ...) or come from a model zoo: `torchvision:NAME` (any
+torchvision classification model), `timm:NAME` (timm, an optional extra) or `module:function` (a user's
+builder returning an nn.Module). `classifier(model)` finds the final nn.Linear of any of them, so the
+penultimate features used by diversity metrics, RDED scoring and DDOQ's teacher encoder are read the same
+way for every architecture.
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 from typing import Callable
 
 import torch
@@ -23,10 +28,57 @@ def register(name: str):
     return deco
 
 
-def build_model(arch: str, num_classes: int, image_size: int = 32, in_channels: int = 3) -> nn.Module:
+def build_model(arch: str, num_classes: int, image_size: int = 32, in_channels: int = 3,
+                native_stem: bool = False) -> nn.Module:
+    """A randomly initialised `arch`. Zoo models get the small-input stem at <= 64 px (as ddkit's resnet18)
+    unless `native_stem`: pretrained weights need the layout they were trained with."""
+    if ":" in arch:
+        model = _build_zoo(arch, num_classes, in_channels)
+        if image_size <= 64 and not native_stem and _has_resnet_stem(model):
+            _small_stem(model, in_channels, model.conv1.out_channels)
+        return model
     if arch not in MODELS:
-        raise DDKitError(f"unknown architecture {arch!r}; choose from {', '.join(sorted(MODELS))}")
+        raise DDKitError(f"unknown architecture {arch!r}; choose from {', '.join(sorted(MODELS))}, "
+                         f"or torchvision:NAME, timm:NAME, module:function")
     return MODELS[arch](num_classes=num_classes, image_size=image_size, in_channels=in_channels)
+
+
+def _build_zoo(arch: str, num_classes: int, in_channels: int) -> nn.Module:
+    zoo, name = arch.split(":", 1)
+    if zoo == "torchvision":
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise DDKitError(f"{name!r} is not a torchvision classification model "
+                             f"(see torchvision.models.list_models())")
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if zoo == "timm":
+        timm = import_extra("timm", "timm")
+        try:
+            return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+        except RuntimeError as e:  # timm's "Unknown model (...)"
+            raise DDKitError(f"timm: {str(e).splitlines()[0]}") from e
+    return _build_user(arch, num_classes=num_classes, in_channels=in_channels)
+
+
+def _build_user(arch: str, **kwargs) -> nn.Module:
+    """`module:function`, called with whichever of num_classes, in_channels it accepts."""
+    mod_name, fn_name = arch.split(":", 1)
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise DDKitError(f"cannot load model builder {arch!r}: {e}") from e
+    params = inspect.signature(fn).parameters
+    model = fn(**{k: v for k, v in kwargs.items() if k in params})
+    if not isinstance(model, nn.Module):
+        raise DDKitError(f"{arch} returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def import_extra(module: str, extra: str):
+    """Import an optional dependency, or say in one line how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise DDKitError(f"{module} is not installed: pip install 'ddkit[{extra}]'") from e
 
 
 def _norm(kind: str, ch: int) -> nn.Module:
@@ -71,6 +123,12 @@ def convnet4(num_classes, image_size=64, in_channels=3):
     return ConvNet(num_classes, image_size, in_channels, depth=4, norm="batch")
 
 
+def _has_resnet_stem(model: nn.Module) -> bool:
+    """torchvision's ResNet family and timm's ResNets with the default stem: conv1 then a max-pool."""
+    return isinstance(getattr(model, "conv1", None), nn.Conv2d) and isinstance(getattr(model, "maxpool", None),
+                                                                               nn.MaxPool2d)
+
+
 def _small_stem(model: nn.Module, in_channels: int, out_ch: int) -> None:
     model.conv1 = nn.Conv2d(in_channels, out_ch, 3, 1, 1, bias=False)
     model.maxpool = nn.Identity()
@@ -98,14 +156,29 @@ def mobilenet_v2(num_classes, image_size=32, in_channels=3):
     return m
 
 
+def classifier(model: nn.Module) -> nn.Linear:
+    """The final nn.Linear: ddkit's `head`, timm's get_classifier(), else the last Linear registered
+    (torchvision's fc, classifier[-1], heads.head ...)."""
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear):
+        return head
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+    else:
+        head = next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+    if not isinstance(head, nn.Linear):
+        raise DDKitError(f"{type(model).__name__} is not a classifier: it has no final nn.Linear layer")
+    return head
+
+
 class _Penultimate:
-    """Context manager capturing the input of `model.head` (penultimate features)."""
+    """Context manager capturing the input of the model's classifier (penultimate features)."""
 
     def __init__(self, model: nn.Module):
         self.model, self.feats = model, None
 
     def __enter__(self):
-        self.h = self.model.head.register_forward_hook(lambda m, i, o: setattr(self, "feats", i[0]))
+        self.h = classifier(self.model).register_forward_hook(lambda m, i, o: setattr(self, "feats", i[0]))
         return self
 
     def __exit__(self, *exc):

@@ -31,7 +31,7 @@ import torch.nn as nn
 from .data import ImageData, load_data, read_subset
 from .engine import bn_layers
 from .models import build_model
-from .teacher import data_hash, load_checkpoint
+from .teacher import data_hash, load_teacher
 from .train import batched_logits, fit, teacher_recipe
 from .utils import (DDKitError, atomic_path, cache_dir, load_torch, resolve_device, save_torch, stable_hash,
                     tensor_hash)
@@ -44,6 +44,7 @@ class SelectConfig:
     keep_end: str = "low"        # loss: keep the low-loss (easy) or high-loss end
     proxy_epochs: int = 5
     teacher: str | None = None   # loss: score with this model instead of a proxy; causal: the BN teacher
+    teacher_weights: str | None = None  # state dict of a zoo-spec teacher (torchvision:NAME ...)
     reference: str | None = None  # causal: distilled run whose statistics are D_s
     ipc: int = 10                # causal without reference: size of the random real D_s per class
     seed: int = 0
@@ -157,7 +158,7 @@ def select(data_spec: str, cfg: SelectConfig, out: str | Path, device: str = "au
     gen = torch.Generator().manual_seed(cfg.seed)
     teacher = None
     if cfg.teacher:
-        teacher, ck = load_checkpoint(cfg.teacher, data.classes, device=dev)
+        teacher, ck = load_teacher(cfg.teacher, cfg.teacher_weights, data.classes, data.image_size, dev)
         data.mean, data.std = tuple(ck["mean"]), tuple(ck["std"])
     key = [data_hash(data), list(data.mean), list(data.std), cfg.seed]
     if teacher is not None:

@@ -1,7 +1,10 @@
-"""Teacher ("squeeze"): train on the real data, cache by (data, arch, recipe, seed), load safely.
+"""Teacher ("squeeze"): train on the real data, cache by (data, arch, recipe, seed), load safely; or import
+a pretrained model-zoo classifier (`torchvision:NAME`, `timm:NAME`, `module:function` + its weights).
 
 A checkpoint is a plain dict of tensors and JSON-able values, so it loads with weights_only=True:
 {format, arch, num_classes, image_size, classes, mean, std, state_dict, recipe, test_acc, data_hash}.
+An imported teacher frozen into one has the spec as its arch, `native_stem: True` (its pretrained layout,
+whatever the resolution it is used at, `image_size`), its pretrained `input_size` and `imported_from`.
 """
 from __future__ import annotations
 
@@ -14,9 +17,10 @@ import torch.nn as nn
 
 from . import dist
 from .data import ImageData
-from .models import build_model
+from .models import build_model, classifier
 from .train import TrainConfig, accuracy, fit, teacher_recipe
 from .utils import DDKitError, cache_dir, load_torch, save_torch, stable_hash, tensor_hash
+from .zoo import Pretrained, find_weights, pretrained
 
 FORMAT = "ddkit-model-v1"
 
@@ -25,12 +29,16 @@ def data_hash(data: ImageData) -> str:
     return stable_hash([tensor_hash(data.images), tensor_hash(data.labels), data.classes])
 
 
+def checkpoint(model: nn.Module, arch: str, classes: list[str], image_size: int, mean, std, **extra) -> dict:
+    return {"format": FORMAT, "arch": arch, "num_classes": len(classes), "image_size": image_size,
+            "classes": list(classes), "mean": list(mean), "std": list(std),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+
+
 def save_checkpoint(path, model: nn.Module, arch: str, data: ImageData, recipe: TrainConfig | None = None,
                     **extra) -> None:
-    save_torch({"format": FORMAT, "arch": arch, "num_classes": data.num_classes, "image_size": data.image_size,
-                "classes": list(data.classes), "mean": list(data.mean), "std": list(data.std),
-                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "recipe": dataclasses.asdict(recipe) if recipe else {}, **extra}, path)
+    save_torch(checkpoint(model, arch, data.classes, data.image_size, data.mean, data.std,
+                          recipe=dataclasses.asdict(recipe) if recipe else {}, **extra), path)
 
 
 def load_checkpoint(path, classes: list[str] | None = None, arch: str | None = None,
@@ -49,12 +57,94 @@ def load_checkpoint(path, classes: list[str] | None = None, arch: str | None = N
         raise DDKitError(f"checkpoint {path} was trained on {ck['num_classes']} classes "
                          f"({', '.join(ck['classes'][:4])}...), data has {len(classes)} "
                          f"({', '.join(list(classes)[:4])}...)")
-    model = build_model(ck["arch"], ck["num_classes"], ck["image_size"])
+    model = build_model(ck["arch"], ck["num_classes"], ck["image_size"], native_stem=ck.get("native_stem", False))
     try:
         model.load_state_dict(ck["state_dict"])
     except RuntimeError as e:
         raise DDKitError(f"checkpoint {path} does not fit a {ck['arch']}: {str(e).splitlines()[0]}") from e
     return model.to(device).eval(), ck
+
+
+def is_spec(teacher: str) -> bool:
+    """A model-zoo spec (torchvision:NAME, timm:NAME, module:function) rather than a checkpoint file."""
+    return ":" in str(teacher) and not Path(teacher).exists()
+
+
+def load_teacher(teacher: str, weights: str | None = None, classes: list[str] | None = None,
+                 image_size: int | None = None, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """One teacher, from a ddkit checkpoint or imported from a zoo spec: (model in eval mode, checkpoint
+    dict). `classes` (the data's) must match; `image_size` is the resolution an import is used at."""
+    if is_spec(teacher):
+        return import_teacher(teacher, weights, classes, image_size, device=device)
+    if weights:
+        raise DDKitError(f"--teacher-weights is for torchvision:/timm:/module:function teachers; "
+                         f"{teacher} is a ddkit checkpoint and holds its own weights")
+    return load_checkpoint(teacher, classes, device=device)
+
+
+def import_teacher(spec: str, weights: str | None = None, classes: list[str] | None = None,
+                   image_size: int | None = None, stats: tuple | None = None,
+                   device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """A pretrained zoo classifier as a ddkit teacher: (model in eval mode, checkpoint dict).
+
+    Weights: the file `weights`, else the library's cache, else its download (see ddkit.zoo). Classes: the
+    data's (their count must equal the model's outputs), else the weights' own categories. Normalisation:
+    `stats`, else what the weights were trained with (ImageNet's when the library does not say).
+    """
+    info = pretrained(spec)
+    model = build_model(spec, len(info.categories or []) or 1000, native_stem=True)
+    classifier(model)  # a bad name or a module without a classifier fails here, before any weights lookup
+    sd, source = find_weights(spec, weights, info)
+    model = _load_weights(model, spec, sd, source)
+    n = classifier(model).out_features
+    size = image_size or info.input_size
+    if not size:
+        raise DDKitError(f"no known input size for {spec}: give --image-size or --data")
+    _check_logits(model, spec, size, n)
+    mean, std = stats or (info.mean, info.std)
+    ck = checkpoint(model, spec, _import_classes(spec, n, classes, info), size, mean, std, recipe={},
+                    native_stem=True, input_size=info.input_size, imported_from=source,
+                    stats_from="data" if stats else info.stats_from)
+    return model.to(device).eval(), ck
+
+
+def _load_weights(model: nn.Module, spec: str, sd: dict, source: str) -> nn.Module:
+    """`model`, rebuilt with as many outputs as the state dict's classifier, with its weights loaded strictly."""
+    head = classifier(model)
+    name = next(n for n, m in model.named_modules() if m is head)
+    out = sd.get(f"{name}.weight")
+    if out is not None and out.shape[0] != head.out_features:
+        model = build_model(spec, out.shape[0], native_stem=True)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:  # the first line only names the class; the second says what differs
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise DDKitError(f"weights {source} do not fit {spec}: {lines[min(1, len(lines) - 1)][:200]}") from e
+    return model
+
+
+@torch.no_grad()
+def _check_logits(model: nn.Module, spec: str, size: int, n: int) -> None:
+    """One forward pass at the resolution used: a module that does not return [batch, classes] logits is
+    not a classifier."""
+    try:
+        out = model.eval()(torch.zeros(2, 3, size, size))
+    except Exception as e:
+        raise DDKitError(f"{spec} fails on {size} px input: {str(e).strip().splitlines()[0][:200]}") from e
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, n):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DDKitError(f"{spec} is not a classifier: it returns {shape}, not logits [batch, {n}]")
+
+
+def _import_classes(spec: str, n: int, classes: list[str] | None, info: Pretrained) -> list[str]:
+    if classes is not None:
+        if len(classes) != n:
+            raise DDKitError(f"{spec} has {n} outputs but the data has {len(classes)} classes "
+                             f"({', '.join(list(classes)[:4])}...)")
+        return list(classes)
+    if info.categories and len(info.categories) == n:
+        return list(info.categories)
+    raise DDKitError(f"{spec} has {n} outputs and no known class names: give --data (its class folders name them)")
 
 
 def train_teacher(train: ImageData, test: ImageData | None, arch: str = "convnet3",
@@ -65,7 +155,7 @@ def train_teacher(train: ImageData, test: ImageData | None, arch: str = "convnet
     recipe = recipe or teacher_recipe()
     key = stable_hash({"data": data_hash(train), "arch": arch, "recipe": dataclasses.asdict(recipe),
                        "seed": seed})
-    cached = cache_dir() / "teachers" / f"{arch}_{key}.pt"
+    cached = cache_dir() / "teachers" / f"{arch.replace(':', '-')}_{key}.pt"  # no ':' in file names
     if use_cache and cached.is_file():
         model, ck = load_checkpoint(cached, train.classes, arch, device)
         if out and dist.is_main():

@@ -2,9 +2,10 @@
 the decoded centres are the images and each centre's cell mass (how many real samples are nearest to it)
 is its loss weight at evaluation. Encoders: `pixel` (identity: centres are pixel averages), `teacher`
 (penultimate features; decoded as the medoid, the real image nearest the centre), `autoencoder` (a small
-conv autoencoder trained and cached per dataset). `decode=medoid` replaces any encoder's own decoder by the
-medoid, which separates where the centres sit from how they become images. A user's own encoder (e.g. a
-latent-diffusion VAE) is one more entry in ENCODERS: a factory (ctx, cfg) -> object with `encode(x) -> z [n, d]` and
+conv autoencoder trained and cached per dataset), `vae` (a pretrained latent-diffusion VAE, diffusers'
+AutoencoderKL: centres in its latent space, decoded by its decoder). `decode=medoid` replaces any encoder's
+own decoder by the medoid, which separates where the centres sit from how they become images. A user's own
+encoder is one more entry in ENCODERS: a factory (ctx, cfg) -> object with `encode(x) -> z [n, d]` and
 `decode(z, x_real, z_real) -> images`.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models import embed
+from ..models import embed, import_extra
 from ..train import TrainConfig, fit
 from ..utils import DDKitError, cache_dir, load_torch, save_torch, stable_hash
 from . import Context, Method, Output, need_images, register
@@ -129,10 +130,49 @@ class _Recon(nn.Module):
         return F.mse_loss(rec, x, reduction="none").mean(1)
 
 
+class VAECoder:
+    """A diffusers AutoencoderKL at the data's resolution. Latents are the posterior means, unscaled: the
+    VAE's scaling_factor multiplies every distance alike, so k-means would find the same cells. Images go
+    from the teacher's normalised space to the VAE's [-1, 1] and back."""
+
+    def __init__(self, vae, mean, std, batch_size: int = 64):
+        self.vae, self.batch = vae.eval(), batch_size
+        dev = next(vae.parameters()).device
+        self.mean, self.std = (torch.tensor(v, device=dev).view(1, -1, 1, 1) for v in (mean, std))
+        self.shape = None
+
+    @torch.no_grad()
+    def encode(self, x):
+        z = torch.cat([self.vae.encode((x[i:i + self.batch] * self.std + self.mean) * 2 - 1).latent_dist.mean
+                       for i in range(0, len(x), self.batch)])
+        self.shape = z.shape[1:]
+        return z.flatten(1)
+
+    @torch.no_grad()
+    def decode(self, z, x_real, z_real):
+        img = torch.cat([self.vae.decode(z[i:i + self.batch].view(-1, *self.shape)).sample
+                         for i in range(0, len(z), self.batch)])
+        return ((img + 1) / 2 - self.mean) / self.std
+
+
+def load_vae(ctx: Context, source: str, subfolder: str) -> VAECoder:
+    """AutoencoderKL from a local folder, or a Hugging Face repo id already in the local cache (never a
+    download mid-run: fetch it beforehand with `huggingface-cli download REPO`)."""
+    diffusers = import_extra("diffusers", "diffusers")
+    try:
+        vae = diffusers.AutoencoderKL.from_pretrained(source, subfolder=subfolder or None, local_files_only=True,
+                                                      low_cpu_mem_usage=False)  # no `accelerate` needed
+    except (OSError, ValueError) as e:
+        raise DDKitError(f"cannot load the VAE {source!r}{f' (subfolder {subfolder})' if subfolder else ''} "
+                         f"locally: {str(e).strip().splitlines()[0][:200]}") from e
+    return VAECoder(vae.to(ctx.device).float(), ctx.train.mean, ctx.train.std)
+
+
 ENCODERS = {
     "pixel": lambda ctx, cfg: PixelCoder(),
     "teacher": lambda ctx, cfg: TeacherCoder(ctx.teacher),
     "autoencoder": lambda ctx, cfg: train_autoencoder(ctx, cfg.ae_epochs, cfg.ae_latent_ch, seed=0),
+    "vae": lambda ctx, cfg: load_vae(ctx, cfg.vae, cfg.vae_subfolder),
 }
 
 
@@ -143,11 +183,13 @@ class DDOQ(Method):
 
     @dataclass
     class Config:
-        encoder: str = "teacher"     # pixel | teacher | autoencoder
+        encoder: str = "teacher"     # pixel | teacher | autoencoder | vae
         restarts: int = 3            # k-means++ restarts (best inertia kept)
         max_samples: int = 0         # cap on real samples per class fed to k-means (0 = all)
         ae_epochs: int = 10
         ae_latent_ch: int = 8
+        vae: str = ""                # encoder=vae: diffusers AutoencoderKL folder, or a cached HF repo id
+        vae_subfolder: str = ""      # e.g. "vae" inside a whole diffusion-pipeline repo
         weighted: bool = True        # False: D4M-style unweighted prototypes (all weights 1)
         decode: str = "encoder"      # encoder: its own decoder | medoid: nearest real image to each centre
         CHOICES = {"decode": ("encoder", "medoid")}
@@ -156,6 +198,11 @@ class DDOQ(Method):
         super().__init__(cfg)
         if self.cfg.encoder not in ENCODERS:  # checked here, before the driver creates any output
             raise DDKitError(f"unknown ddoq encoder {self.cfg.encoder!r}; choose {', '.join(ENCODERS)}")
+        if self.cfg.encoder == "vae":
+            if not self.cfg.vae:
+                raise DDKitError("ddoq encoder=vae needs --set vae=FOLDER (a diffusers AutoencoderKL) or a "
+                                 "Hugging Face repo id in the local cache")
+            import_extra("diffusers", "diffusers")
 
     @property
     def needs_teacher(self):
