@@ -1,4 +1,5 @@
-"""Tiny shared fixtures: a 3-class 8x8 ImageFolder with train/test splits and a small BN teacher."""
+"""Tiny shared fixtures: a 3-class 8x8 ImageFolder with train/test splits, a small BN teacher, and
+randomly initialised torchvision/timm classifiers saved as state dicts (tests never download weights)."""
 import os
 import tempfile
 
@@ -7,6 +8,20 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("DDKIT_CACHE", tempfile.mkdtemp(prefix="ddkit-test-cache-"))
+os.environ["DDKIT_OFFLINE"] = "1"   # a test that would download weights fails at once instead
+
+# zoo teachers: torchvision's resnet18 (the seed papers' teacher) and timm's tiny BatchNorm ResNet
+ZOO = ["torchvision:resnet18", "timm:test_resnet"]
+
+
+def zoo_model(spec, num_classes):
+    """The library's own randomly initialised model, built without ddkit."""
+    import timm
+    import torchvision
+    zoo, name = spec.split(":")
+    if zoo == "torchvision":
+        return torchvision.models.get_model(name, num_classes=num_classes)
+    return timm.create_model(name, num_classes=num_classes)
 
 CLASSES = ["cat", "dog", "frog"]
 
@@ -42,4 +57,17 @@ def teacher_path(dataset, tmp_path_factory):
     train, test = load_splits(str(dataset))
     out = tmp_path_factory.mktemp("teacher") / "teacher.pt"
     train_teacher(train, test, "convnet3", teacher_recipe(6), device="cpu", out=out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def zoo_weights(tmp_path_factory):
+    """{spec: state-dict file} of randomly initialised 3-class zoo models."""
+    import torch
+    root = tmp_path_factory.mktemp("zoo")
+    out = {}
+    for i, spec in enumerate(ZOO):
+        torch.manual_seed(i)
+        out[spec] = root / f"{spec.split(':')[1]}.pth"
+        torch.save(zoo_model(spec, len(CLASSES)).state_dict(), out[spec])
     return out

@@ -1,7 +1,12 @@
-import pytest
-import torch
+import sys
 
-from ddkit.models import MODELS, build_model, embed, has_batchnorm
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torchvision
+
+from ddkit.models import MODELS, build_model, classifier, embed, has_batchnorm
 from ddkit.utils import DDKitError
 
 
@@ -22,3 +27,61 @@ def test_teacher_archs_have_batchnorm():
 def test_unknown_arch_is_clear():
     with pytest.raises(DDKitError, match="unknown architecture"):
         build_model("vgg99", 10)
+
+
+def test_zoo_students_get_the_small_input_stem_by_resolution():
+    small, large = build_model("torchvision:resnet50", 3, 16), build_model("torchvision:resnet50", 3, 224)
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1) and isinstance(small.maxpool, nn.Identity)
+    assert large.conv1.kernel_size == (7, 7) and isinstance(large.maxpool, nn.MaxPool2d)
+    native = build_model("timm:resnet18", 3, 16, native_stem=True)   # pretrained weights keep their layout
+    assert native.conv1.kernel_size == (7, 7) and build_model("timm:resnet18", 3, 16).conv1.kernel_size == (3, 3)
+    assert embed(small, torch.randn(2, 3, 16, 16))[1].shape == (2, 3)
+
+
+def test_zoo_state_dicts_are_the_libraries_own():
+    """No ddkit aliases (e.g. a `head` registered twice): a torchvision/timm state dict loads strictly."""
+    assert build_model("torchvision:resnet18", 3, 224).state_dict().keys() == \
+        torchvision.models.resnet18(num_classes=3).state_dict().keys()
+    assert build_model("timm:test_resnet", 3, 8).state_dict().keys() == \
+        timm.create_model("test_resnet", num_classes=3).state_dict().keys()
+
+
+@pytest.mark.parametrize("arch, expect", [
+    ("torchvision:mobilenet_v3_small", lambda m: m.classifier[-1]),
+    ("torchvision:resnet18", lambda m: m.fc),
+    ("timm:test_convnext", lambda m: m.head.fc),       # timm's ConvNeXt `head` is a block, not the Linear
+    ("timm:test_vit", lambda m: m.head),
+    ("convnet3", lambda m: m.head),
+])
+def test_classifier_finds_the_final_linear_of_any_architecture(arch, expect):
+    m = build_model(arch, 5, 32)
+    assert classifier(m) is expect(m)
+    feats, logits = embed(m, torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 5) and feats.shape == (2, classifier(m).in_features)
+
+
+def test_zoo_errors_are_one_line(monkeypatch):
+    with pytest.raises(DDKitError, match="not a torchvision classification model"):
+        build_model("torchvision:nope", 3)
+    with pytest.raises(DDKitError, match=r"timm: Unknown model"):
+        build_model("timm:nope", 3)
+    with pytest.raises(DDKitError, match="cannot load model builder"):
+        build_model("no_such_module:net", 3)
+    with pytest.raises(DDKitError, match="not a classifier"):
+        classifier(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()))
+    monkeypatch.setitem(sys.modules, "timm", None)   # timm not installed
+    with pytest.raises(DDKitError, match=r"pip install 'ddkit\[timm\]'"):
+        build_model("timm:resnet18", 3)
+
+
+def test_user_builder_gets_the_arguments_it_accepts(tmp_path, monkeypatch):
+    (tmp_path / "builder_nets.py").write_text(
+        "import torch.nn as nn\n"
+        "def net(num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, num_classes))\n"
+        "def not_a_model():\n"
+        "    return 'model'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert build_model("builder_nets:net", 4, 8)(torch.randn(2, 3, 8, 8)).shape == (2, 4)
+    with pytest.raises(DDKitError, match="returned a str, not an nn.Module"):
+        build_model("builder_nets:not_a_model", 4)

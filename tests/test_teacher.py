@@ -1,12 +1,21 @@
+import json
+import os
 import pickle
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
+import torch.nn as nn
+from conftest import CLASSES, ZOO, zoo_model
 
+from ddkit.cli import main
 from ddkit.data import load_splits
-from ddkit.teacher import load_checkpoint, train_teacher
+from ddkit.teacher import import_teacher, load_checkpoint, load_teacher, train_teacher
 from ddkit.train import teacher_recipe
 from ddkit.utils import DDKitError
+from ddkit.zoo import IMAGENET_STATS
 
 
 def test_teacher_learns_and_is_cached(dataset, monkeypatch, tmp_path):
@@ -41,3 +50,87 @@ def test_foreign_and_malicious_files_are_not_unpickled(tmp_path):
         load_checkpoint(tmp_path / "plain.pt")
     with pytest.raises(DDKitError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("spec", ZOO)
+def test_frozen_import_reproduces_the_imported_logits(spec, zoo_weights, dataset, tmp_path, capsys):
+    out = tmp_path / "frozen.pt"
+    assert main(["teacher", "--import", spec, "--teacher-weights", str(zoo_weights[spec]), "--data", str(dataset),
+                 "--out", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["arch"] == spec and info["image_size"] == 8 and info["weights"] == str(zoo_weights[spec])
+    frozen, ck = load_checkpoint(out, classes=CLASSES)
+    assert ck["classes"] == CLASSES and ck["native_stem"] is True
+    own = zoo_model(spec, 3)
+    own.load_state_dict(torch.load(zoo_weights[spec], weights_only=True))
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.equal(frozen(x), own.eval()(x))
+    assert ck["mean"] == list(own.pretrained_cfg["mean"] if spec.startswith("timm") else IMAGENET_STATS[0])
+
+
+def test_import_takes_the_data_statistics_and_resolution_when_asked(zoo_weights, dataset, tmp_path, capsys):
+    out = tmp_path / "frozen.pt"
+    assert main(["teacher", "--import", "timm:test_resnet", "--teacher-weights", str(zoo_weights["timm:test_resnet"]),
+                 "--data", str(dataset), "--stats", "data", "--image-size", "16", "--out", str(out)]) == 0
+    ck = load_checkpoint(out)[1]
+    train = load_splits(str(dataset))[0]
+    assert ck["mean"] == list(train.mean) and ck["stats_from"] == "data" and ck["image_size"] == 16
+
+
+def test_weights_are_found_in_the_torch_hub_cache(zoo_weights, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(DDKitError, match=r"no weights for torchvision:resnet18: looked in .*"
+                                         r"checkpoints/resnet18-f37072fd\.pth, download\.pytorch\.org \(offline\)"):
+        import_teacher("torchvision:resnet18", classes=CLASSES, image_size=8)
+    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    shutil.copy(zoo_weights["torchvision:resnet18"], cached)
+    _, ck = import_teacher("torchvision:resnet18", classes=CLASSES, image_size=8)
+    assert ck["imported_from"] == str(cached)
+
+
+def test_import_mismatches_are_one_line(zoo_weights, teacher_path, tmp_path, monkeypatch):
+    r18 = zoo_weights["torchvision:resnet18"]
+    with pytest.raises(DDKitError, match=r"torchvision:resnet18 has 3 outputs but the data has 2 classes"):
+        import_teacher("torchvision:resnet18", r18, ["a", "b"], 8)
+    with pytest.raises(DDKitError, match=r"do not fit torchvision:resnet18: Missing key"):
+        import_teacher("torchvision:resnet18", zoo_weights["timm:test_resnet"], CLASSES, 8)
+    with pytest.raises(DDKitError, match="3 outputs and no known class names: give --data"):
+        import_teacher("torchvision:resnet18", r18, image_size=8)
+    with pytest.raises(DDKitError, match="holds its own weights"):
+        load_teacher(str(teacher_path), r18)
+    (tmp_path / "nonclassifier_nets.py").write_text(
+        "import torch.nn as nn\n"
+        "def encoder():\n"   # a final Linear, but it returns features [n, 3, 16], not logits
+        "    return nn.Sequential(nn.Conv2d(3, 3, 1), nn.Flatten(2), nn.Linear(64, 16))\n"
+        "def conv():\n"
+        "    return nn.Conv2d(3, 3, 1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.save(nn.Sequential(nn.Conv2d(3, 3, 1), nn.Flatten(2), nn.Linear(64, 16)).state_dict(), tmp_path / "e.pt")
+    with pytest.raises(DDKitError, match=r"nonclassifier_nets:encoder is not a classifier: it returns \(2, 3, 16\)"):
+        import_teacher("nonclassifier_nets:encoder", tmp_path / "e.pt", image_size=8)
+    with pytest.raises(DDKitError, match="Conv2d is not a classifier"):
+        import_teacher("nonclassifier_nets:conv", tmp_path / "e.pt", image_size=8)
+
+
+def test_a_user_module_imports_with_its_state_dict(tmp_path, monkeypatch, dataset):
+    (tmp_path / "user_nets.py").write_text(
+        "import torch.nn as nn\n"
+        "def net(num_classes=10):\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from user_nets import net
+    own = net(3)
+    torch.save({"state_dict": own.state_dict()}, tmp_path / "net.pt")   # a training script's wrapper
+    model, ck = load_teacher("user_nets:net", str(tmp_path / "net.pt"), CLASSES, 8)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(model(x), own.eval()(x)) and ck["stats_from"].startswith("ImageNet")
+
+
+def test_cli_import_errors_are_one_line_and_write_nothing(dataset, tmp_path):
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
+    p = subprocess.run([sys.executable, "-m", "ddkit", "teacher", "--import", "torchvision:resnet18", "--data",
+                        str(dataset), "--out", str(tmp_path / "t.pt")], capture_output=True, text=True, env=env)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(err) == 1 and "no weights for torchvision:resnet18" in err[0]
+    assert not (tmp_path / "t.pt").exists()
