@@ -40,3 +40,22 @@ def test_bad_input_is_one_line_and_nonzero(argv, message, dataset, tmp_path):
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ddkit: error:") and message in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_the_core_runs_without_the_optional_extras(dataset, teacher_path, tmp_path):
+    """timm and diffusers are extras: `import ddkit`, --help and a checkpoint teacher -> distill -> evaluate
+    must not import them (importing a module set to None in sys.modules raises ImportError)."""
+    script = f"""
+import sys
+for m in ("timm", "diffusers", "huggingface_hub", "safetensors"):
+    sys.modules[m] = None
+from ddkit.cli import build_parser, main
+build_parser().format_help()
+common = ["distill", "--ipc", "2", "--data", {str(dataset)!r}, "--quiet", "--method"]
+assert main(common + ["random", "--teacher", {str(teacher_path)!r}, "--out", {str(tmp_path / "run")!r},
+                      "--evaluate", "--seeds", "1", "--epochs", "1"]) == 0
+assert main(common + ["ddoq", "--set", "encoder=vae", "--set", "vae=x", "--out", {str(tmp_path / "vae")!r}]) == 2
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "pip install 'ddkit[diffusers]'" in p.stderr and (tmp_path / "run" / "metrics.json").is_file()

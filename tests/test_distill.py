@@ -2,10 +2,17 @@ import json
 
 import pytest
 import torch
+from conftest import ZOO
 
+from ddkit.cli import main
+from ddkit.data import load_data
 from ddkit.distill import DistillConfig, class_groups, distill, diversity
+from ddkit.evaluate import EvalConfig, evaluate_set
 from ddkit.rundir import read_run
+from ddkit.methods import METHODS
+from ddkit.teacher import load_teacher
 from ddkit.utils import DDKitError, save_torch
+from ddkit.zoo import IMAGENET_STATS
 
 
 def _cfg(dataset, teacher_path, method="e2d", **kw):
@@ -78,3 +85,34 @@ def test_diversity_is_one_for_identical_images_and_lower_for_different(teacher_p
     labels = torch.zeros(4, dtype=torch.long)
     assert diversity(teacher, same, labels) == pytest.approx(1.0, abs=1e-3)
     assert diversity(teacher, torch.randn(4, 3, 8, 8), labels) < 0.999
+
+
+FAST = {"sre2l": {"iterations": "2"}, "e2d": {"iterations": "2"}, "delt": {"iterations": "2", "round_iters": "1"},
+        "rded": {"candidates": "8", "crops": "2"}, "ddoq": {"restarts": "1"}, "random": {}}
+CROSS = {"torchvision:resnet18": "timm:test_resnet", "timm:test_resnet": "torchvision:resnet18"}
+
+
+@pytest.mark.parametrize("spec", ZOO)
+def test_every_method_distils_with_an_imported_teacher_and_evaluates(spec, zoo_weights, dataset, tmp_path, capsys):
+    """torchvision:/timm: teacher from a state-dict file -> every method -> students from the other zoo."""
+    weights = str(zoo_weights[spec])
+    test = load_data(str(dataset), "test")
+    teacher, ck = load_teacher(spec, weights, test.classes, test.image_size)
+    test.mean, test.std = tuple(ck["mean"]), tuple(ck["std"])
+    student = EvalConfig(archs=(CROSS[spec],), seeds=1, epochs=1)
+    for method in sorted(set(METHODS) - {"random"}):
+        cfg = DistillConfig(method=method, ipc=2, data=str(dataset), teacher=spec, teacher_weights=weights,
+                            settings=FAST[method])
+        run = distill(cfg, tmp_path / method, "cpu", progress=False)
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["num_images"] == 6 and m["teacher"] == {"arch": spec, "test_acc": None, "path": spec,
+                                                         "weights": weights}
+        res = evaluate_set(read_run(run), test, teacher, student, torch.device("cpu"), progress=False)
+        assert 0 <= res[student.key(CROSS[spec])]["mean"] <= 100
+    cfg = json.loads((tmp_path / "ddoq" / "config.json").read_text())
+    assert cfg["data"]["mean"] == list(IMAGENET_STATS[0] if spec.startswith("torchvision") else (0.5, 0.5, 0.5))
+    # the command line: --teacher SPEC --teacher-weights PATH, evaluated with the run's own teacher
+    assert main(["distill", "--method", "random", "--ipc", "2", "--data", str(dataset), "--teacher", spec,
+                 "--teacher-weights", weights, "--out", str(tmp_path / "cli"), "--quiet", "--evaluate",
+                 "--seeds", "1", "--epochs", "1", "--arch", CROSS[spec]]) == 0
+    assert f"{CROSS[spec]}/soft" in capsys.readouterr().out

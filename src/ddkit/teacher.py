@@ -92,7 +92,8 @@ def import_teacher(spec: str, weights: str | None = None, classes: list[str] | N
     `stats`, else what the weights were trained with (ImageNet's when the library does not say).
     """
     info = pretrained(spec)
-    model = build_model(spec, len(info.categories or []) or 1000, native_stem=True)
+    guess = len(classes or info.categories or []) or 1000  # outputs; rebuilt if the weights say otherwise
+    model = build_model(spec, guess, native_stem=True)
     classifier(model)  # a bad name or a module without a classifier fails here, before any weights lookup
     sd, source = find_weights(spec, weights, info)
     model = _load_weights(model, spec, sd, source)
