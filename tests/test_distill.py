@@ -106,7 +106,7 @@ def test_every_method_distils_with_an_imported_teacher_and_evaluates(spec, zoo_w
         run = distill(cfg, tmp_path / method, "cpu", progress=False)
         m = json.loads((run / "metrics.json").read_text())
         assert m["num_images"] == 6 and m["teacher"] == {"arch": spec, "test_acc": None, "path": spec,
-                                                         "weights": weights}
+                                                         "weights": weights, "stats_from": ck["stats_from"]}
         res = evaluate_set(read_run(run), test, teacher, student, torch.device("cpu"), progress=False)
         assert 0 <= res[student.key(CROSS[spec])]["mean"] <= 100
     cfg = json.loads((tmp_path / "ddoq" / "config.json").read_text())

@@ -80,7 +80,7 @@ def prepare(cfg: DistillConfig, method, device) -> tuple[ImageData, torch.nn.Mod
                              f"data has {train.image_size} px")
         train.mean, train.std = tuple(ck["mean"]), tuple(ck["std"])  # synthesise in the teacher's space
         tinfo = {"arch": ck["arch"], "test_acc": ck.get("test_acc"), "path": str(cfg.teacher),
-                 "weights": ck.get("imported_from")}
+                 "weights": ck.get("imported_from"), "stats_from": ck.get("stats_from")}
     if cfg.ipc < 1:
         raise DDKitError(f"--ipc must be at least 1, got {cfg.ipc}")
     return train, teacher, tinfo
