@@ -19,11 +19,13 @@ from .utils import DDKitError, request_stop, tune_malloc
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress output (a bar on a terminal; in a log, "
+                   "a line per phase every DDKIT_PROGRESS_S seconds, default 30, and at its end)")
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", nargs="+", default=["convnet3"], help="student architectures")
+    p.add_argument("--test-data", help="test ImageFolder for the students if not <data>/test (or val/)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--labels", choices=["soft", "hard"], default="soft")
     p.add_argument("--epochs", type=int, default=300, help="student epochs")
@@ -67,7 +69,7 @@ def cmd_teacher(a) -> None:
     from .train import teacher_recipe
     from .utils import resolve_device
     if a.import_spec:
-        return import_teacher(a)
+        return cmd_import(a)
     if not a.data:
         raise DDKitError("ddkit teacher needs --data to train on (or --import SPEC to freeze a pretrained model)")
     if a.teacher_weights or a.image_size or a.stats:
@@ -83,7 +85,7 @@ def cmd_teacher(a) -> None:
                           "train_time_s": ck.get("train_time_s"), "cached": ck["cached"]}))
 
 
-def import_teacher(a) -> None:
+def cmd_import(a) -> None:
     """`ddkit teacher --import SPEC --out FILE`: freeze a pretrained model into a ddkit checkpoint."""
     from .data import load_data
     from .teacher import import_teacher
@@ -102,18 +104,21 @@ def import_teacher(a) -> None:
                       "stats_from": ck["stats_from"], "weights": ck["imported_from"]}))
 
 
-def _load_eval_inputs(data: str | None, teacher: str | None, weights: str | None, device):
-    """Test split and teacher; the test set is normalised with the teacher's training statistics."""
+def _load_eval_inputs(data: str | None, teacher_spec: str | None, weights: str | None, device,
+                      test_data: str | None = None):
+    """Test split (DATA's test/ or val/, or --test-data) and teacher; the test set is normalised with the
+    teacher's training statistics."""
     from .data import load_data, load_splits
     from .teacher import load_teacher
     if not data:
         raise DDKitError("no data to evaluate on: pass --data (a dataset name or ImageFolder root)")
-    if teacher:
-        test = load_data(data, "test")
-        teacher, ck = load_teacher(teacher, weights, test.classes, test.image_size, device)
+    teacher = None
+    if teacher_spec:
+        test = load_data(test_data, "train") if test_data else load_data(data, "test")
+        teacher, ck = load_teacher(teacher_spec, weights, test.classes, test.image_size, device)
         test.mean, test.std = tuple(ck["mean"]), tuple(ck["std"])
     else:
-        _, test = load_splits(data)
+        _, test = load_splits(data, test_data)
     return test, teacher
 
 
@@ -139,7 +144,7 @@ def cmd_evaluate(a) -> None:
         cfg_data = a.data or run_cfg.get("data")
         if not a.teacher:  # the run's teacher, with its weights
             a.teacher, a.teacher_weights = run_cfg.get("teacher"), run_cfg.get("teacher_weights")
-    test, teacher = _load_eval_inputs(cfg_data, a.teacher, a.teacher_weights, dev)
+    test, teacher = _load_eval_inputs(cfg_data, a.teacher, a.teacher_weights, dev, a.test_data)
     if a.full:
         train = load_data(a.data, "train")
         if a.subset:
@@ -311,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # a log shared by stdout and stderr keeps results and progress in order
+        sys.stdout.reconfigure(line_buffering=True)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, request_stop)  # pre-emption: save state, exit with a message
     tune_malloc()

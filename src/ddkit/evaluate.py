@@ -91,6 +91,7 @@ def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, c
     tcfg = cfg.train_config()
     results = {}
     stored = read_json(Path(run) / "metrics.json").get("evaluation", {}) if run else {}
+    on = f" on {Path(run).name}" if run else ""  # which set, in a log of many evaluations
     for arch in cfg.archs:
         key = cfg.key(arch)
         entry = stored.get(key, {"config": dataclasses.asdict(cfg), "seeds": {}})
@@ -103,7 +104,7 @@ def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, c
             ckpt = Path(run) / f".student-{stable_hash([key, seed])}.ckpt" if run else None  # mid-seed resume
             hist = fit(student, ds.images, labels, test.normalize, tcfg, device, seed=seed,
                        teacher=teacher if cfg.label_mode == "soft" else None, weights=weights,
-                       checkpoint=ckpt and str(ckpt), desc=f"student {arch} seed {seed}", progress=progress)
+                       checkpoint=ckpt and str(ckpt), desc=f"student {arch} seed {seed}{on}", progress=progress)
             acc = accuracy(student, test.images, test.labels, test.normalize, device)
             entry["seeds"][str(seed)] = {"acc": acc, "wall_s": round(time.time() - t0 + hist["resumed_s"], 1),
                                          "final_loss": round(hist["loss"][-1], 4)}

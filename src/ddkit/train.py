@@ -20,14 +20,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
 from . import dist
 from .augment import random_resized_crop, random_translate
+from .progress import steps
 from .utils import STOP, DDKitError, load_torch, save_torch
 
 
 CHECKPOINT_S = 30.0  # at most one training checkpoint per this many seconds
+clock = time.monotonic  # of checkpoint spacing and elapsed time; tests inject their own
 
 
 @dataclass
@@ -142,9 +142,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             gen.set_state(state["gen"])
             start, history, before = state["epoch"], state["history"], state.get("elapsed_s", 0.0)
     net = _data_parallel(model, device) if world > 1 else model
-    saved = began = time.monotonic()
-    bar = tqdm(range(start, cfg.epochs), desc=desc, disable=not progress, leave=False, initial=start,
-               total=cfg.epochs)
+    saved = began = clock()
+    bar = steps(start, cfg.epochs, desc, unit="epoch", enabled=progress)
     for epoch in bar:
         model.train()
         perm = torch.randperm(n, generator=gen).to(device)
@@ -188,10 +187,11 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
                 on_batch(idx, per.detach())
         history["loss"].append(tot / steps_per_epoch)
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
-        if checkpoint and rank == 0 and (time.monotonic() - saved >= CHECKPOINT_S or epoch + 1 == cfg.epochs):
-            saved = time.monotonic()
+        if checkpoint and rank == 0 and (clock() - saved >= CHECKPOINT_S or epoch + 1 == cfg.epochs):
+            saved = clock()
             save_torch({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                         "epoch": epoch + 1, "history": history,
-                        "elapsed_s": before + time.monotonic() - began}, checkpoint)
+                        "elapsed_s": before + clock() - began}, checkpoint)
+    bar.close()
     model.eval()
     return {**history, "resumed_s": before}  # training time spent by interrupted attempts, up to their checkpoint
