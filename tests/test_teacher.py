@@ -89,6 +89,22 @@ def test_weights_are_found_in_the_torch_hub_cache(zoo_weights, monkeypatch, tmp_
     assert ck["imported_from"] == str(cached)
 
 
+def test_timm_weights_are_found_in_the_hugging_face_cache(zoo_weights, monkeypatch, tmp_path):
+    import huggingface_hub
+    from safetensors.torch import save_file
+    blob = tmp_path / "model.safetensors"   # what the Hub serves for timm models
+    save_file(torch.load(zoo_weights["timm:test_resnet"], weights_only=True), blob)
+    asked = []
+
+    def cached(repo, filename, **kw):
+        asked.append((repo, filename))
+        return str(blob) if filename == "model.safetensors" else None
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cached)
+    model, ck = import_teacher("timm:test_resnet", classes=CLASSES, image_size=8)
+    assert ("timm/test_resnet.r160_in1k", "model.safetensors") in asked and ck["imported_from"] == str(blob)
+    assert ck["mean"] == [0.5, 0.5, 0.5] and ck["input_size"] == 160
+
+
 def test_import_mismatches_are_one_line(zoo_weights, teacher_path, tmp_path, monkeypatch):
     r18 = zoo_weights["torchvision:resnet18"]
     with pytest.raises(DDKitError, match=r"torchvision:resnet18 has 3 outputs but the data has 2 classes"):

@@ -67,7 +67,10 @@ def _build_user(arch: str, **kwargs) -> nn.Module:
     except (ImportError, AttributeError) as e:
         raise DDKitError(f"cannot load model builder {arch!r}: {e}") from e
     params = inspect.signature(fn).parameters
-    model = fn(**{k: v for k, v in kwargs.items() if k in params})
+    try:
+        model = fn(**{k: v for k, v in kwargs.items() if k in params})
+    except TypeError as e:  # e.g. required arguments ddkit cannot know
+        raise DDKitError(f"model builder {arch} cannot be called with {', '.join(kwargs)}: {e}") from e
     if not isinstance(model, nn.Module):
         raise DDKitError(f"{arch} returned a {type(model).__name__}, not an nn.Module")
     return model
