@@ -85,8 +85,11 @@ def test_weights_are_found_in_the_torch_hub_cache(zoo_weights, monkeypatch, tmp_
     cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     cached.parent.mkdir(parents=True)
     shutil.copy(zoo_weights["torchvision:resnet18"], cached)
-    _, ck = import_teacher("torchvision:resnet18", classes=CLASSES, image_size=8)
-    assert ck["imported_from"] == str(cached)
+    for spec in ("torchvision:resnet18", "torchvision:resnet18.IMAGENET1K_V1"):   # DEFAULT is V1
+        _, ck = import_teacher(spec, classes=CLASSES, image_size=8)
+        assert ck["imported_from"] == str(cached) and ck["arch"] == spec
+    with pytest.raises(DDKitError, match="no resnet18 weights 'V9'; choose IMAGENET1K_V1"):
+        import_teacher("torchvision:resnet18.V9")
 
 
 def test_timm_weights_are_found_in_the_hugging_face_cache(zoo_weights, monkeypatch, tmp_path):

@@ -46,6 +46,7 @@ def build_model(arch: str, num_classes: int, image_size: int = 32, in_channels: 
 def _build_zoo(arch: str, num_classes: int, in_channels: int) -> nn.Module:
     zoo, name = arch.split(":", 1)
     if zoo == "torchvision":
+        name = name.split(".")[0]  # a weights tag (resnet50.IMAGENET1K_V2) does not change the architecture
         if name not in torchvision.models.list_models(module=torchvision.models):
             raise DDKitError(f"{name!r} is not a torchvision classification model "
                              f"(see torchvision.models.list_models())")

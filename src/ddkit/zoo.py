@@ -47,11 +47,16 @@ def pretrained(arch: str) -> Pretrained:
 
 
 def _torchvision(name: str) -> Pretrained:
+    """`resnet50` (its DEFAULT weights) or `resnet50.IMAGENET1K_V1` (a weights tag, like timm's)."""
     import torchvision
+    name, _, tag = name.partition(".")
     try:
-        w = torchvision.models.get_model_weights(name).DEFAULT
+        weights = torchvision.models.get_model_weights(name)
     except (ValueError, KeyError):  # a model torchvision ships without weights
         return Pretrained()
+    if tag and tag not in weights.__members__:
+        raise DDKitError(f"torchvision has no {name} weights {tag!r}; choose {', '.join(weights.__members__)}")
+    w = weights[tag] if tag else weights.DEFAULT
     t = w.transforms()
     file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(w.url).path).name
 
@@ -100,7 +105,10 @@ def find_weights(arch: str, weights: str | None, info: Pretrained) -> tuple[dict
         if f.is_file():
             return read_state_dict(f), str(f)
     if info.download and reachable(info.host):
-        f = info.download()
+        try:
+            f = info.download()
+        except Exception as e:  # HTTP errors, a hash mismatch, HF_HUB_OFFLINE=1 ...
+            raise DDKitError(f"downloading weights for {arch} failed: {str(e).strip().splitlines()[0][:200]}") from e
         return read_state_dict(f), str(f)
     looked = ["--teacher-weights (not given)"] + ([info.cache_dir] if info.cache_dir else [])
     if info.host:
