@@ -108,7 +108,7 @@ def test_every_method_distils_with_an_imported_teacher_and_evaluates(spec, zoo_w
         assert m["num_images"] == 6 and m["teacher"] == {"arch": spec, "test_acc": None, "path": spec,
                                                          "weights": weights, "stats_from": ck["stats_from"]}
         res = evaluate_set(read_run(run), test, teacher, student, torch.device("cpu"), progress=False)
-        assert 0 <= res[student.key(CROSS[spec])]["mean"] <= 100
+        assert res[student.key(CROSS[spec])]["n"] == 1   # a student of the other zoo trained and tested
     cfg = json.loads((tmp_path / "ddoq" / "config.json").read_text())
     assert cfg["data"]["mean"] == list(IMAGENET_STATS[0] if spec.startswith("torchvision") else (0.5, 0.5, 0.5))
     # the command line: --teacher SPEC --teacher-weights PATH, evaluated with the run's own teacher
