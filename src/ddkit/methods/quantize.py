@@ -10,6 +10,7 @@ encoder is one more entry in ENCODERS: a factory (ctx, cfg) -> object with `enco
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,9 +156,10 @@ class VAECoder:
         return ((img + 1) / 2 - self.mean) / self.std
 
 
-def load_vae(ctx: Context, source: str, subfolder: str) -> VAECoder:
+@functools.lru_cache(maxsize=1)  # loaded once per run (DDOQ checks it before any output), not per class group
+def load_vae(source: str, subfolder: str = "") -> nn.Module:
     """AutoencoderKL from a local folder, or a Hugging Face repo id already in the local cache (never a
-    download mid-run: fetch it beforehand with `huggingface-cli download REPO`)."""
+    download mid-run: fetch it beforehand, e.g. `hf download REPO`)."""
     diffusers = import_extra("diffusers", "diffusers")
     try:
         vae = diffusers.AutoencoderKL.from_pretrained(source, subfolder=subfolder or None, local_files_only=True,
@@ -165,14 +167,15 @@ def load_vae(ctx: Context, source: str, subfolder: str) -> VAECoder:
     except (OSError, ValueError) as e:
         raise DDKitError(f"cannot load the VAE {source!r}{f' (subfolder {subfolder})' if subfolder else ''} "
                          f"locally: {str(e).strip().splitlines()[0][:200]}") from e
-    return VAECoder(vae.to(ctx.device).float(), ctx.train.mean, ctx.train.std)
+    return vae.float().eval()
 
 
 ENCODERS = {
     "pixel": lambda ctx, cfg: PixelCoder(),
     "teacher": lambda ctx, cfg: TeacherCoder(ctx.teacher),
     "autoencoder": lambda ctx, cfg: train_autoencoder(ctx, cfg.ae_epochs, cfg.ae_latent_ch, seed=0),
-    "vae": lambda ctx, cfg: load_vae(ctx, cfg.vae, cfg.vae_subfolder),
+    "vae": lambda ctx, cfg: VAECoder(load_vae(cfg.vae, cfg.vae_subfolder).to(ctx.device), ctx.train.mean,
+                                     ctx.train.std),
 }
 
 
@@ -202,7 +205,7 @@ class DDOQ(Method):
             if not self.cfg.vae:
                 raise DDKitError("ddoq encoder=vae needs --set vae=FOLDER (a diffusers AutoencoderKL) or a "
                                  "Hugging Face repo id in the local cache")
-            import_extra("diffusers", "diffusers")
+            load_vae(self.cfg.vae, self.cfg.vae_subfolder)
 
     @property
     def needs_teacher(self):
