@@ -82,6 +82,40 @@ def test_evaluate_reads_a_test_folder_given_apart(dataset, tmp_path, capsys):
                  "--epochs", "1", "--quiet"]) == 0
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["distill", "--method", "random", "--ipc", "1", "--data", "{data}", "--out", "{tmp}/afile/r"],
+     "afile is a file, not a folder"),
+    (["teacher", "--data", "{data}", "--epochs", "1", "--no-cache", "--out", "{tmp}/afile/t.pt"], "is a file"),
+    (["select", "--data", "{data}", "--keep", "0.5", "--criterion", "random", "--out", "{tmp}/afile/s.pt"],
+     "is a file"),
+    (["distill", "--method", "e2d", "--ipc", "1", "--data", "{data}", "--teacher", "{teacher}", "--out", "{tmp}/r",
+      "--set", "lr=nan"], "bad value 'nan' for setting 'lr' (expected a finite number)"),
+    (["distill", "--method", "e2d", "--ipc", "1", "--data", "{data}", "--teacher", "{teacher}", "--out", "{tmp}/r",
+      "--set", "lr=-1"], "Invalid learning rate"),
+])
+def test_unwritable_outputs_and_bad_settings_are_one_line(argv, message, dataset, teacher_path, tmp_path):
+    (tmp_path / "afile").write_text("")
+    argv = [a.format(data=dataset, tmp=tmp_path, teacher=teacher_path) for a in argv]
+    p = subprocess.run([sys.executable, "-m", "ddkit", *argv, "--quiet"], capture_output=True, text=True)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(err) == 1 and err[0].startswith("ddkit: error:") and message in err[0], err
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["afile"]   # nothing else written
+
+
+def test_skipped_images_are_counted_in_the_run(dataset, tmp_path):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    (data / "train" / "cat" / "bad.png").write_bytes(b"junk")
+    run = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "ddkit", "distill", "--method", "random", "--ipc", "1", "--data",
+                        str(data), "--out", str(run), "--quiet", "--on-bad-image", "skip"], capture_output=True,
+                       text=True)
+    assert p.returncode == 0 and [("bad.png" in line) for line in p.stderr.splitlines()] == [True]  # one warning
+    (skipped,) = json.loads((run / "metrics.json").read_text())["skipped_images"]
+    assert "bad.png" in skipped
+
+
 def test_the_core_runs_without_the_optional_extras(dataset, teacher_path, tmp_path):
     """timm and diffusers are extras: `import ddkit`, --help and a checkpoint teacher -> distill -> evaluate
     must not import them (importing a module set to None in sys.modules raises ImportError)."""

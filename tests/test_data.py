@@ -88,3 +88,36 @@ def test_subset_file_checks_its_dataset(tmp_path, dataset):
     save_torch({"indices": torch.tensor([0]), "num_samples": 7}, tmp_path / "other.pt")
     with pytest.raises(DDKitError, match="7 samples"):
         load_subset_file(tmp_path / "other.pt", train)
+
+
+def _lines_naming(name, text):
+    return sum(name in line for line in text.splitlines())
+
+
+def test_unreadable_images_are_skipped_on_request_warned_once_each_and_listed(tmp_path, capsys):
+    make_folder(tmp_path, per_class=3)
+    (tmp_path / "cat" / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(DDKitError, match="bad.png.*--on-bad-image skip"):
+        load_image_folder(tmp_path)
+    d = load_image_folder(tmp_path, on_bad_image="skip")
+    assert len(d) == 9 and len(d.skipped) == 1 and "bad.png" in d.skipped[0]
+    assert _lines_naming("bad.png", capsys.readouterr().err) == 1
+    again = load_image_folder(tmp_path, on_bad_image="skip")   # from the cache: still listed and warned
+    assert again.skipped == d.skipped and _lines_naming("bad.png", capsys.readouterr().err) == 1
+    with pytest.raises(DDKitError, match="bad.png"):             # a cache made by skipping does not hide it
+        load_image_folder(tmp_path)
+    for f in (tmp_path / "dog").iterdir():
+        f.write_bytes(b"junk")
+    with pytest.raises(DDKitError, match="'dog'.*no readable images"):
+        load_image_folder(tmp_path, cache=False, on_bad_image="skip")
+
+
+def test_one_class_is_refused_and_a_missing_test_class_is_named(tmp_path):
+    make_folder(tmp_path / "one", classes=["cat"], per_class=2)
+    with pytest.raises(DDKitError, match="one class folder.*at least two"):
+        load_image_folder(tmp_path / "one", cache=False)
+    make_folder(tmp_path / "ds" / "train", per_class=2)
+    make_folder(tmp_path / "ds" / "test", classes=["cat", "dog", "lion"], per_class=2)
+    with pytest.raises(DDKitError, match=r"test split \(3 classes\) differs from the training split \(3\): "
+                                         r"lacks 'frog'; has 'lion' not in it"):
+        load_splits(str(tmp_path / "ds"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import signal
 import sys
 import threading
@@ -14,13 +15,32 @@ import time
 from pathlib import Path
 
 from . import dist
-from .utils import DDKitError, request_stop, tune_malloc
+from .utils import DDKitError, check_output, request_stop, save_json, tune_malloc
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     p.add_argument("--quiet", action="store_true", help="no progress output (a bar on a terminal; in a log, "
                    "a line per phase every DDKIT_PROGRESS_S seconds, default 30, and at its end)")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--on-bad-image", choices=["error", "skip"], default="error",
+                   help="an unreadable image stops the command (error), or is left out with a warning (skip)")
+
+
+def finite_float(raw: str) -> float:
+    v = float(raw)
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {raw!r}")
+    return v
+
+
+def positive_float(raw: str) -> float:
+    v = finite_float(raw)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {raw!r}")
+    return v
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
@@ -30,7 +50,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", choices=["soft", "hard"], default="soft")
     p.add_argument("--epochs", type=int, default=300, help="student epochs")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--temperature", type=positive_float, default=4.0)
     p.add_argument("--no-weights", action="store_true", help="ignore per-image weights (e.g. DDOQ masses)")
 
 
@@ -74,7 +94,7 @@ def cmd_teacher(a) -> None:
         raise DDKitError("ddkit teacher needs --data to train on (or --import SPEC to freeze a pretrained model)")
     if a.teacher_weights or a.image_size or a.stats:
         raise DDKitError("--teacher-weights, --image-size and --stats go with --import")
-    train, test = load_splits(a.data, a.test_data)
+    train, test = load_splits(a.data, a.test_data, on_bad_image=a.on_bad_image)
     if a.subset:
         train = load_subset_file(a.subset, train)
     recipe = dataclasses.replace(teacher_recipe(a.epochs), lr=a.lr) if a.lr else teacher_recipe(a.epochs)
@@ -92,7 +112,8 @@ def cmd_import(a) -> None:
     from .utils import save_torch
     if not a.out:
         raise DDKitError("--import needs --out FILE (the ddkit checkpoint to write)")
-    train = load_data(a.data, "train") if a.data else None
+    check_output(a.out)
+    train = load_data(a.data, "train", on_bad_image=a.on_bad_image) if a.data else None
     if a.stats == "data" and train is None:
         raise DDKitError("--stats data needs --data")
     _, ck = import_teacher(a.import_spec, a.teacher_weights, train and train.classes,
@@ -105,20 +126,24 @@ def cmd_import(a) -> None:
 
 
 def _load_eval_inputs(data: str | None, teacher_spec: str | None, weights: str | None, device,
-                      test_data: str | None = None):
+                      test_data: str | None = None, on_bad_image: str = "error"):
     """Test split (DATA's test/ or val/, or --test-data) and teacher; the test set is normalised with the
     teacher's training statistics."""
-    from .data import load_data, load_splits
-    from .teacher import load_teacher
+    from .data import check_classes, load_data, load_splits
+    from .teacher import is_spec, load_teacher
     if not data:
         raise DDKitError("no data to evaluate on: pass --data (a dataset name or ImageFolder root)")
     teacher = None
     if teacher_spec:
-        test = load_data(test_data, "train") if test_data else load_data(data, "test")
-        teacher, ck = load_teacher(teacher_spec, weights, test.classes, test.image_size, device)
+        test = load_data(test_data, "train", on_bad_image=on_bad_image) if test_data \
+            else load_data(data, "test", on_bad_image=on_bad_image)
+        # an import takes the test split's class names; a checkpoint's must match them
+        teacher, ck = load_teacher(teacher_spec, weights, test.classes if is_spec(teacher_spec) else None,
+                                   test.image_size, device)
+        check_classes("test split", test.classes, f"teacher {teacher_spec}", ck["classes"])
         test.mean, test.std = tuple(ck["mean"]), tuple(ck["std"])
     else:
-        _, test = load_splits(data, test_data)
+        _, test = load_splits(data, test_data, on_bad_image=on_bad_image)
     return test, teacher
 
 
@@ -144,9 +169,11 @@ def cmd_evaluate(a) -> None:
         cfg_data = a.data or run_cfg.get("data")
         if not a.teacher:  # the run's teacher, with its weights
             a.teacher, a.teacher_weights = run_cfg.get("teacher"), run_cfg.get("teacher_weights")
-    test, teacher = _load_eval_inputs(cfg_data, a.teacher, a.teacher_weights, dev, a.test_data)
+    if a.json:
+        check_output(a.json)
+    test, teacher = _load_eval_inputs(cfg_data, a.teacher, a.teacher_weights, dev, a.test_data, a.on_bad_image)
     if a.full:
-        train = load_data(a.data, "train")
+        train = load_data(a.data, "train", on_bad_image=a.on_bad_image)
         if a.subset:
             train = load_subset_file(a.subset, train)
         ds = DistilledSet(train.images, train.labels, train.classes)  # uint8 is fine for fit()
@@ -165,7 +192,7 @@ def cmd_evaluate(a) -> None:
         return  # under torchrun, rank 0 reports
     _print_results(title, results)
     if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2))
+        save_json(results, a.json)
 
 
 def cmd_distill(a) -> None:
@@ -176,8 +203,8 @@ def cmd_distill(a) -> None:
         return str(Path(p).resolve()) if p and Path(p).exists() else p
     cfg = DistillConfig(method=a.method, ipc=a.ipc, data=absolute(a.data), teacher=absolute(a.teacher),
                         teacher_weights=absolute(a.teacher_weights), subset=absolute(a.subset), seed=a.seed,
-                        classes_per_group=a.classes_per_group,
-                        settings=_settings(a.set))
+                        classes_per_group=a.classes_per_group, settings=_settings(a.set),
+                        on_bad_image=a.on_bad_image)
     out = distill(cfg, a.out, a.device, overwrite=a.overwrite, progress=not a.quiet)
     if out is not None:  # None on torchrun ranks other than 0: rank 0 writes the run
         write_report(out)
@@ -195,7 +222,7 @@ def cmd_select(a) -> None:
     from .select import SelectConfig, select
     cfg = SelectConfig(criterion=a.criterion, keep=a.keep, keep_end=a.keep_end, proxy_epochs=a.proxy_epochs,
                        teacher=a.teacher, teacher_weights=a.teacher_weights, reference=a.reference, ipc=a.ipc,
-                       seed=a.seed, subset=a.subset)
+                       seed=a.seed, subset=a.subset, on_bad_image=a.on_bad_image)
     info = select(a.data, cfg, a.out, a.device, progress=not a.quiet)
     print(json.dumps(info))
 
@@ -215,7 +242,7 @@ def cmd_export(a) -> None:
     if a.teacher:
         teacher, ck = load_teacher(a.teacher, a.teacher_weights, read_run(a.run).classes,
                                    config.get("data", {}).get("image_size"))
-    out = export_ddranking(a.run, a.out, teacher, ck.get("mean"), ck.get("std"))
+    out = export_ddranking(a.run, check_output(a.out, folder=True), teacher, ck.get("mean"), ck.get("std"))
     print(json.dumps({"export": str(out), "soft_labels": teacher is not None}))
 
 
@@ -235,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-data", help="test ImageFolder if not <data>/test")
     p.add_argument("--arch", default="convnet3")
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr", type=positive_float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--subset", help="index file from `ddkit select`")
     p.add_argument("--out", help="also copy the checkpoint here")
@@ -248,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "else its pretrained input size)")
     p.add_argument("--stats", choices=["model", "data"], help="with --import: normalise as the weights were "
                    "trained (model, the default) or with --data's channel statistics")
+    _data_args(p)
     _common(p)
     p.set_defaults(fn=cmd_teacher)
 
@@ -265,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", action="store_true", help="evaluate the run afterwards")
     p.add_argument("--json", help="write evaluation results to this file")
     _eval_args(p)
+    _data_args(p)
     _common(p)
     p.set_defaults(fn=cmd_distill)
 
@@ -276,12 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", help="with --full: train on the kept samples of this index file")
     p.add_argument("--json", help="write results to this file")
     _eval_args(p)
+    _data_args(p)
     _common(p)
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("select", help="prune the real data before distillation (BiLP)")
     p.add_argument("--data", required=True)
-    p.add_argument("--keep", type=float, required=True, help="fraction of each class to keep, in (0, 1]")
+    p.add_argument("--keep", type=finite_float, required=True, help="fraction of each class to keep, in (0, 1]")
     p.add_argument("--criterion", choices=["loss", "causal", "random"], default="loss")
     p.add_argument("--keep-end", choices=["low", "high"], default="low", help="loss criterion: keep the "
                    "low-loss (easy, the paper's choice) or high-loss end")
@@ -294,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", help="select within an earlier selection (e.g. causal after loss)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="index file to write (.pt); a report is written beside it")
+    _data_args(p)
     _common(p)
     p.set_defaults(fn=cmd_select)
 
@@ -324,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dist.setup()  # under torchrun: one process group for the whole command
         args.fn(args)
-    except DDKitError as e:
+    except (DDKitError, OSError) as e:  # OSError: the file system said no (disk full, permissions...)
         print(f"ddkit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ KNOWN_STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 CACHE_VERSION = 1
+BAD_IMAGE_POLICIES = ("error", "skip")  # an unreadable file stops the load, or is left out with a warning
 
 
 @dataclass
@@ -36,6 +38,7 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     name: str = "data"
+    skipped: list[str] = field(default_factory=list)  # unreadable files left out (on_bad_image="skip")
     _by_class: list[torch.Tensor] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -90,6 +93,8 @@ def _scan_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DDKitError(f"no class folders in {root} (expected {root}/<class>/<image>)")
+    if len(classes) == 1:
+        raise DDKitError(f"{root} has one class folder ({classes[0]!r}): a classifier needs at least two classes")
     files, labels = [], []
     for i, c in enumerate(classes):
         imgs = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMG_EXTS)
@@ -111,19 +116,53 @@ def _decode(path: Path, size: int | None) -> np.ndarray:
         raise DDKitError(f"cannot decode image {path}: {e}") from e
 
 
+def _decode_all(files: list[Path], size: int | None) -> tuple[list, list[str]]:
+    """Decoded arrays (None where a file is unreadable) and the one-line reasons of the unreadable files."""
+    def one(path):
+        try:
+            return _decode(path, size)
+        except DDKitError as e:
+            return str(e)
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        out = list(pool.map(one, files, chunksize=256))
+    return [None if isinstance(a, str) else a for a in out], [a for a in out if isinstance(a, str)]
+
+
+def _apply_bad_image_policy(bad: list[str], on_bad_image: str) -> None:
+    """Refuse unreadable files (also those a skipping load left out of the cache), or warn once per file."""
+    if bad and on_bad_image == "error":
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DDKitError(f"{bad[0]}{more}; pass --on-bad-image skip to leave unreadable images out")
+    for reason in bad:
+        print(f"ddkit: warning: skipped: {reason}", file=sys.stderr)
+
+
 def load_image_folder(root: str | os.PathLike, image_size: int | None = None, cache: bool = True,
-                      stats: tuple | None = None) -> ImageData:
-    """Load root/<class>/<image> into uint8 tensors; decoded once, then served from the cache."""
+                      stats: tuple | None = None, on_bad_image: str = "error") -> ImageData:
+    """Load root/<class>/<image> into uint8 tensors; decoded once, then served from the cache.
+
+    on_bad_image="skip" leaves unreadable files out (a multi-hour job should not die on one file); they are
+    listed in `ImageData.skipped` and warned about on stderr.
+    """
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise DDKitError(f"unknown bad-image policy {on_bad_image!r}; choose {' or '.join(BAD_IMAGE_POLICIES)}")
     root = Path(root).resolve()
     classes, files, labels = _scan_folder(root)
     key = f"{_fingerprint(files)}_{image_size or 0}"
     cpath = cache_dir() / "folders" / f"{key}.pt"
     if cache and cpath.is_file():
         blob = load_torch(cpath, "dataset cache")
+        skipped = blob.get("skipped", [])
+        _apply_bad_image_policy(skipped, on_bad_image)
         return ImageData(blob["images"], blob["labels"], blob["classes"], tuple(blob["mean"]),
-                         tuple(blob["std"]), root.name)
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        arrays = list(pool.map(lambda p: _decode(p, image_size), files, chunksize=256))
+                         tuple(blob["std"]), root.name, skipped)
+    arrays, skipped = _decode_all(files, image_size)
+    _apply_bad_image_policy(skipped, on_bad_image)
+    keep = [i for i, a in enumerate(arrays) if a is not None]
+    arrays, files, labels = [arrays[i] for i in keep], [files[i] for i in keep], [labels[i] for i in keep]
+    emptied = sorted(set(range(len(classes))) - set(labels))
+    if emptied:
+        raise DDKitError(f"class {classes[emptied[0]]!r} in {root} has no readable images")
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         i = next(i for i, a in enumerate(arrays) if a.shape != arrays[0].shape)
@@ -135,8 +174,8 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None, ca
     mean, std = stats if stats is not None else channel_stats(images)
     if cache:
         save_torch({"images": images, "labels": labels_t, "classes": classes, "mean": list(mean),
-                    "std": list(std)}, cpath)
-    return ImageData(images, labels_t, classes, tuple(mean), tuple(std), root.name)
+                    "std": list(std), "skipped": skipped}, cpath)
+    return ImageData(images, labels_t, classes, tuple(mean), tuple(std), root.name, skipped)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -189,7 +228,7 @@ def split_dirs(spec: str) -> tuple[Path, Path | None]:
 
 
 def load_data(spec: str, split: str = "train", image_size: int | None = None,
-              stats: tuple | None = None) -> ImageData:
+              stats: tuple | None = None, on_bad_image: str = "error") -> ImageData:
     """Load a split by dataset name ('digits', 'cifar10', 'cifar100') or ImageFolder path.
 
     `stats` = (mean, std) to normalise with (e.g. a teacher's training statistics) instead of the split's own.
@@ -204,23 +243,40 @@ def load_data(spec: str, split: str = "train", image_size: int | None = None,
             if test_dir is None:
                 raise DDKitError(f"no test/ or val/ split beside {train_dir}; pass --test-data")
             train_dir = test_dir
-        data = load_image_folder(train_dir, image_size, stats=stats)
+        data = load_image_folder(train_dir, image_size, stats=stats, on_bad_image=on_bad_image)
     if stats is not None:
         data.mean, data.std = tuple(stats[0]), tuple(stats[1])
     return data
 
 
-def load_splits(spec: str, test_spec: str | None = None, image_size: int | None = None) -> tuple[ImageData, ImageData]:
+def load_splits(spec: str, test_spec: str | None = None, image_size: int | None = None,
+                on_bad_image: str = "error") -> tuple[ImageData, ImageData]:
     """Train and test splits; test images are normalised with the *training* statistics."""
-    train = load_data(spec, "train", image_size)
-    test = load_data(test_spec, "train", image_size, stats=(train.mean, train.std)) if test_spec \
-        else load_data(spec, "test", image_size, stats=(train.mean, train.std))
-    if test.classes != train.classes:
-        raise DDKitError(f"test classes {test.classes[:5]}... differ from train classes {train.classes[:5]}...")
+    train = load_data(spec, "train", image_size, on_bad_image=on_bad_image)
+    stats = (train.mean, train.std)
+    test = load_data(test_spec, "train", image_size, stats, on_bad_image) if test_spec \
+        else load_data(spec, "test", image_size, stats, on_bad_image)
+    check_classes("test split", test.classes, "training split", train.classes)
     if test.images.shape[1:] != train.images.shape[1:]:
         raise DDKitError(f"test image shape {tuple(test.images.shape[1:])} differs from train "
                          f"{tuple(train.images.shape[1:])}")
     return train, test
+
+
+def check_classes(what: str, classes: list[str], reference: str, expected: list[str]) -> None:
+    """One line naming the difference when two class lists disagree (missing, extra, or order)."""
+    if list(classes) == list(expected):
+        return
+    missing = [c for c in expected if c not in classes]
+    extra = [c for c in classes if c not in expected]
+
+    def few(names):
+        return ", ".join(map(repr, names[:5])) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    if missing or extra:
+        parts = ([f"lacks {few(missing)}"] if missing else []) + ([f"has {few(extra)} not in it"] if extra else [])
+        raise DDKitError(f"{what} ({len(classes)} classes) differs from the {reference} ({len(expected)}): "
+                         + "; ".join(parts))
+    raise DDKitError(f"{what} lists the {reference}'s classes in another order")
 
 
 def read_subset(path: str | os.PathLike, num_samples: int) -> torch.Tensor:

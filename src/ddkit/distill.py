@@ -8,6 +8,7 @@ rank 0 merges. The run directory appears only when every group is done.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -24,7 +25,7 @@ from .methods import Context, build_method
 from .models import embed
 from .rundir import DistilledSet, write_run
 from .teacher import load_teacher
-from .utils import DDKitError, load_torch, resolve_device, save_torch, stable_hash
+from .utils import DDKitError, check_output, load_torch, resolve_device, save_torch, stable_hash
 
 
 @dataclass
@@ -38,6 +39,7 @@ class DistillConfig:
     seed: int = 0
     classes_per_group: int = 0           # 0: all classes in one batch (best throughput at CIFAR scale)
     settings: dict[str, str] = field(default_factory=dict)   # method knobs (--set key=value)
+    on_bad_image: str = "error"          # error | skip: unreadable files stop the run, or are left out
 
 
 def group_seed(seed: int, first_class: int) -> int:
@@ -66,7 +68,7 @@ def diversity(teacher: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -
 
 def prepare(cfg: DistillConfig, method, device) -> tuple[ImageData, torch.nn.Module | None, dict]:
     """Training data (pruned by the subset file) and the teacher, checked against each other."""
-    train = load_data(cfg.data, "train")
+    train = load_data(cfg.data, "train", on_bad_image=cfg.on_bad_image)
     if cfg.subset:
         train = load_subset_file(cfg.subset, train)
     teacher, tinfo = None, {}
@@ -89,7 +91,7 @@ def prepare(cfg: DistillConfig, method, device) -> tuple[ImageData, torch.nn.Mod
 def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", overwrite: bool = False,
             progress: bool = True) -> Path | None:
     """Run a method and write the run directory `out`. Returns its path (None on ranks other than 0)."""
-    out = Path(out)
+    out = check_output(out, folder=True)
     rank, world = dist.setup()
     dev = dist.local_device(resolve_device(device))
     if out.exists() and not overwrite:
@@ -101,17 +103,22 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
     work.mkdir(parents=True, exist_ok=True)
     groups = class_groups(train.num_classes, cfg.classes_per_group)
     t0 = time.time()
-    for gi, classes in enumerate(groups):
-        path = work / f"group{gi:05d}.pt"
-        if gi % world != rank or path.is_file():
-            continue  # another rank's group, or finished before an interruption
-        gen = torch.Generator().manual_seed(group_seed(cfg.seed, classes[0]))
-        ctx = Context(train, teacher, cfg.ipc, dev, gen, progress, checkpoint=str(path.with_suffix(".ckpt")))
-        tg = time.time()
-        res = method.run(ctx, classes)
-        wall = time.time() - tg + res.info.get("resumed_wall_s", 0)  # with the work before an interruption
-        save_torch({"x": res.x, "labels": res.labels, "weights": res.weights,
-                    "info": {**res.info, "wall_s": round(wall, 2)}}, path)
+    try:
+        for gi, classes in enumerate(groups):
+            path = work / f"group{gi:05d}.pt"
+            if gi % world != rank or path.is_file():
+                continue  # another rank's group, or finished before an interruption
+            gen = torch.Generator().manual_seed(group_seed(cfg.seed, classes[0]))
+            ctx = Context(train, teacher, cfg.ipc, dev, gen, progress, checkpoint=str(path.with_suffix(".ckpt")))
+            tg = time.time()
+            res = method.run(ctx, classes)
+            wall = time.time() - tg + res.info.get("resumed_wall_s", 0)  # with the work before an interruption
+            save_torch({"x": res.x, "labels": res.labels, "weights": res.weights,
+                        "info": {**res.info, "wall_s": round(wall, 2)}}, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # only if empty: a failure before any saved state leaves no folder
+            work.rmdir()
+        raise
     dist.barrier()
     if rank != 0:
         return None
@@ -123,7 +130,7 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
     metrics = {"method": cfg.method, "ipc": cfg.ipc, "num_images": len(labels),
                "synthesis_wall_s": round(sum(i["wall_s"] for i in infos), 2),
                "driver_wall_s": round(time.time() - t0, 2), "groups": infos,
-               "num_real": len(train), "teacher": tinfo}
+               "num_real": len(train), "skipped_images": train.skipped, "teacher": tinfo}
     for k in ("teacher_image_passes", "image_updates"):           # counters add up over groups
         if k in infos[0]:
             metrics[k] = sum(i[k] for i in infos)

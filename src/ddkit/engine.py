@@ -192,7 +192,10 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
         p.requires_grad_(False)
     x = nn.Parameter(x0.clone())
     y = y.to(device)
-    opt = torch.optim.Adam([x], lr=cfg.lr, betas=cfg.betas)
+    try:
+        opt = torch.optim.Adam([x], lr=cfg.lr, betas=cfg.betas)
+    except ValueError as e:  # torch's own check of lr / betas, e.g. "Invalid learning rate: -1.0"
+        raise DDKitError(f"{desc}: {e}; check --set lr and betas") from None
     bn = BNStatLoss(teacher, cfg.first_bn_mult, bn_targets)
     sampler = sampler or UniformSampler(cfg, x0.shape[-1])
     start = start_iter.to(device) if start_iter is not None else torch.zeros(len(x0), dtype=torch.long, device=device)

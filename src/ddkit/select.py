@@ -33,8 +33,8 @@ from .engine import bn_layers
 from .models import build_model
 from .teacher import data_hash, load_teacher
 from .train import batched_logits, fit, teacher_recipe
-from .utils import (DDKitError, atomic_path, cache_dir, load_torch, resolve_device, save_torch, stable_hash,
-                    tensor_hash)
+from .utils import (DDKitError, atomic_path, cache_dir, check_output, load_torch, resolve_device, save_torch,
+                    stable_hash, tensor_hash)
 
 
 @dataclass
@@ -49,6 +49,7 @@ class SelectConfig:
     ipc: int = 10                # causal without reference: size of the random real D_s per class
     seed: int = 0
     subset: str | None = None    # select within an earlier selection (indices stay global)
+    on_bad_image: str = "error"  # error | skip: unreadable files stop the run, or are left out
 
 
 def keep_count(n: int, keep: float) -> int:
@@ -149,7 +150,8 @@ def select(data_spec: str, cfg: SelectConfig, out: str | Path, device: str = "au
     if cfg.keep_end not in ("low", "high"):
         raise DDKitError(f"--keep-end must be low or high, got {cfg.keep_end!r}")
     dev = resolve_device(device)
-    full = load_data(data_spec, "train")
+    out = check_output(out)
+    full = load_data(data_spec, "train", on_bad_image=cfg.on_bad_image)
     base = torch.arange(len(full))
     if cfg.subset:
         base = read_subset(cfg.subset, len(full))
@@ -197,9 +199,9 @@ def select(data_spec: str, cfg: SelectConfig, out: str | Path, device: str = "au
     local = torch.cat(kept).sort().values
     indices = base[local]
     wall = round(time.time() - t0, 2)
-    out = Path(out)
     summary = {"config": asdict(cfg), "data": data_spec, "num_samples": len(full), "num_kept": len(indices),
-               "per_class": counts, "selection_wall_s": wall, "scores_from_cache": cached, "device": str(dev)}
+               "per_class": counts, "selection_wall_s": wall, "scores_from_cache": cached, "device": str(dev),
+               "skipped_images": full.skipped}
     save_torch({"indices": indices, "num_samples": len(full), "scores": scores, "scored_indices": base,
                 "summary": json.dumps(summary)}, out)
     with atomic_path(out.with_suffix(".json")) as tmp:

@@ -19,7 +19,7 @@ from . import dist
 from .data import ImageData
 from .models import build_model, classifier
 from .train import TrainConfig, accuracy, fit, teacher_recipe
-from .utils import DDKitError, cache_dir, load_torch, save_torch, stable_hash, tensor_hash
+from .utils import DDKitError, cache_dir, check_output, load_torch, save_torch, stable_hash, tensor_hash
 from .zoo import Pretrained, find_weights, pretrained
 
 FORMAT = "ddkit-model-v1"
@@ -154,6 +154,8 @@ def train_teacher(train: ImageData, test: ImageData | None, arch: str = "convnet
                   ) -> tuple[nn.Module, dict]:
     """Train (or fetch from cache) a teacher. Returns (model in eval mode, checkpoint dict)."""
     recipe = recipe or teacher_recipe()
+    if out:
+        check_output(out)  # before hours of training, not after
     key = stable_hash({"data": data_hash(train), "arch": arch, "recipe": dataclasses.asdict(recipe),
                        "seed": seed})
     cached = cache_dir() / "teachers" / f"{arch.replace(':', '-')}_{key}.pt"  # no ':' in file names
@@ -171,7 +173,8 @@ def train_teacher(train: ImageData, test: ImageData | None, arch: str = "convnet
     train_time = time.time() - t0
     acc = accuracy(model, test.images, test.labels, train.normalize, device) if test is not None else None
     extra = {"test_acc": acc, "train_time_s": round(train_time, 1), "seed": seed, "data_hash": key,
-             "loss": hist["loss"], "num_train": len(train)}
+             "loss": hist["loss"], "num_train": len(train),
+             "skipped_images": train.skipped + (test.skipped if test is not None else [])}
     if dist.is_main():  # under torchrun every rank holds the same weights; one writes
         save_checkpoint(cached, model, arch, train, recipe, **extra)
         cached.with_suffix(".partial").unlink(missing_ok=True)

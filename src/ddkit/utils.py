@@ -84,6 +84,20 @@ def cache_dir() -> Path:
     return root
 
 
+def check_output(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Refuse, before any work is done, an output path that cannot be written: an ancestor that is a file,
+    a folder that is not writable, or a file where a folder is wanted (or the other way round)."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise DDKitError(f"cannot write {path}: it is a {'file' if folder else 'folder'}")
+    parent = next(p for p in path.parents if p.exists())  # the nearest existing ancestor
+    if not parent.is_dir():
+        raise DDKitError(f"cannot write {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DDKitError(f"cannot write {path}: {parent} is not writable")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temp path beside `path`; rename it over `path` only if the block succeeds.

@@ -7,6 +7,7 @@ so groups are independent: finished groups are never redone on resume, and ranks
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,8 +95,11 @@ def parse_overrides(config_cls, overrides: dict[str, Any]):
                 val = raw
             else:
                 val = type(cur)(raw)
+                if isinstance(val, float) and not math.isfinite(val):
+                    raise ValueError(raw)
         except ValueError:
-            raise DDKitError(f"bad value {raw!r} for setting {key!r} (expected {type(cur).__name__})") from None
+            expected = "a finite number" if isinstance(cur, float) else type(cur).__name__
+            raise DDKitError(f"bad value {raw!r} for setting {key!r} (expected {expected})") from None
         allowed = getattr(config_cls, "CHOICES", {}).get(key)
         if allowed and val not in allowed:
             raise DDKitError(f"bad value {raw!r} for setting {key!r}; choose from {', '.join(allowed)}")
