@@ -6,11 +6,12 @@ import torch
 from ddkit.data import load_splits
 from ddkit.distill import DistillConfig, distill
 from ddkit.evaluate import EvalConfig, align_classes, evaluate_set
+from ddkit.protocols import Protocol
 from ddkit.rundir import DistilledSet, read_run
 from ddkit.teacher import load_checkpoint
 from ddkit.utils import DDKitError
 
-FAST = EvalConfig(seeds=2, epochs=20, batch_size=16)
+FAST = EvalConfig(seeds=2, epochs=20, protocol=Protocol(batch_size=16))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_interrupted_seed_resumes_from_its_epoch_checkpoint(setup, dataset, tmp_
     import ddkit.train
     from ddkit.utils import STOP
     test, teacher = setup
-    cfg = EvalConfig(seeds=1, epochs=6, batch_size=16)
+    cfg = EvalConfig(seeds=1, epochs=6, protocol=Protocol(batch_size=16))
     run = distill(DistillConfig(method="random", ipc=4, data=str(dataset)), tmp_path / "run", "cpu", progress=False)
     ref = evaluate_set(read_run(run), test, teacher, cfg, torch.device("cpu"), progress=False)
     saves, real_save = [], ddkit.train.save_torch

@@ -27,22 +27,29 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--labels", choices=["soft", "hard"], default="soft")
     p.add_argument("--epochs", type=int, default=300, help="student epochs")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--protocol", default="ddkit", help="student-training protocol: ddkit, rded, sre2l, "
+                   "ddranking (see README, Protocols)")
+    p.add_argument("--pset", action="append", metavar="KEY=VALUE", help="protocol field, repeatable "
+                   "(e.g. lr=0.002, cutmix=0)")
+    p.add_argument("--batch-size", type=int, help="student batch (default: the protocol's)")
+    p.add_argument("--temperature", type=float, help="soft-label temperature (default: the protocol's)")
     p.add_argument("--no-weights", action="store_true", help="ignore per-image weights (e.g. DDOQ masses)")
 
 
-def _eval_config(a):
+def _eval_config(a, teacher_ids: tuple[str, ...]):
     from .evaluate import EvalConfig
+    from .protocols import preset
+    fields = _settings(a.pset, "--pset")
+    fields.update({k: v for k, v in (("batch_size", a.batch_size), ("temperature", a.temperature)) if v is not None})
     return EvalConfig(archs=tuple(a.arch), seeds=a.seeds, label_mode=a.labels, epochs=a.epochs,
-                      batch_size=a.batch_size, temperature=a.temperature, use_weights=not a.no_weights)
+                      use_weights=not a.no_weights, protocol=preset(a.protocol, fields), teachers=teacher_ids)
 
 
-def _settings(pairs: list[str]) -> dict[str, str]:
+def _settings(pairs: list[str], flag: str = "--set") -> dict[str, str]:
     out = {}
     for p in pairs or []:
         if "=" not in p:
-            raise DDKitError(f"--set expects key=value, got {p!r}")
+            raise DDKitError(f"{flag} expects key=value, got {p!r}")
         k, v = p.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -70,28 +77,35 @@ def cmd_teacher(a) -> None:
                           "train_time_s": ck.get("train_time_s"), "cached": ck["cached"]}))
 
 
-def _load_eval_inputs(data: str | None, teacher_path: str | None, device):
-    """Test split and teacher; the test set is normalised with the teacher's training statistics."""
+def _load_eval_inputs(data: str | None, teacher_paths: list[str], device):
+    """Test split, teacher (several: their ensemble) and the members' content hashes; the test set is
+    normalised with the teachers' training statistics."""
     from .data import load_data, load_splits
-    from .teacher import load_checkpoint
+    from .teacher import load_teachers
+    from .utils import model_hash
     if not data:
         raise DDKitError("no data to evaluate on: pass --data (a dataset name or ImageFolder root)")
-    teacher, ck = None, None
-    if teacher_path:
-        teacher, ck = load_checkpoint(teacher_path, device=device)
-        test = load_data(data, "test", stats=(tuple(ck["mean"]), tuple(ck["std"])))
-        if list(test.classes) != list(ck["classes"]):
-            raise DDKitError(f"teacher {teacher_path} classes {ck['classes'][:3]}... differ from test classes "
-                             f"{test.classes[:3]}...")
-    else:
-        _, test = load_splits(data)
-    return test, teacher
+    if not teacher_paths:
+        return load_splits(data)[1], None, ()
+    teacher, ck = load_teachers(teacher_paths, device=device)
+    test = load_data(data, "test", stats=(tuple(ck["mean"]), tuple(ck["std"])))
+    if list(test.classes) != list(ck["classes"]):
+        raise DDKitError(f"teacher {teacher_paths[0]} classes {ck['classes'][:3]}... differ from test classes "
+                         f"{test.classes[:3]}...")
+    members = teacher.members if len(teacher_paths) > 1 else [teacher]
+    return test, teacher, tuple(model_hash(m) for m in members)
 
 
 def _print_results(title: str, results: dict) -> None:
+    def best(r):
+        b = r.get("best_selected_on_test")
+        return f"{b['mean']:.2f} ± {b['std']:.2f}" if b else "–"
     rows = [{"protocol": k, "accuracy %": f"{r['mean']:.2f} ± {r['std']:.2f}", "seeds": r["n"],
-             "s/seed": r["wall_s_per_seed"]} for k, r in results.items()]
-    print(f"\n{title}\n" + table(rows, ["protocol", "accuracy %", "seeds", "s/seed"]))
+             "best epoch % (selected on test)": best(r), "s/seed": r["wall_s_per_seed"],
+             "label store MB": f"{r['label_store_bytes'] / 1e6:.1f}" if "label_store_bytes" in r else "–"}
+            for k, r in results.items()]
+    print(f"\n{title}\n" + table(rows, ["protocol", "accuracy %", "seeds", "best epoch % (selected on test)",
+                                         "s/seed", "label store MB"]))
 
 
 def cmd_evaluate(a) -> None:
@@ -107,20 +121,22 @@ def cmd_evaluate(a) -> None:
         if not a.run:
             raise DDKitError("give a RUN folder to evaluate, or --full for the full-real-data baseline")
         run_cfg = read_json(Path(a.run) / "config.json").get("distill", {})
-        cfg_data, a.teacher = a.data or run_cfg.get("data"), a.teacher or run_cfg.get("teacher")
-    test, teacher = _load_eval_inputs(cfg_data, a.teacher, dev)
+        cfg_data = a.data or run_cfg.get("data")
+        a.teacher = a.teacher or ([run_cfg["teacher"]] if run_cfg.get("teacher") else None)
+    test, teacher, teacher_ids = _load_eval_inputs(cfg_data, a.teacher, dev)
+    cfg = _eval_config(a, teacher_ids)
     if a.full:
         train = load_data(a.data, "train")
         if a.subset:
             train = load_subset_file(a.subset, train)
         ds = DistilledSet(train.images, train.labels, train.classes)  # uint8 is fine for fit()
-        results = evaluate_set(ds, test, teacher, _eval_config(a), dev, progress=not a.quiet)
+        results = evaluate_set(ds, test, teacher, cfg, dev, progress=not a.quiet)
         title = f"full real data ({len(train)} images)"
     else:
         ds = read_run(a.run)
         is_ddkit_run = (Path(a.run) / "metrics.json").is_file()
         t0 = time.time()
-        results = evaluate_set(ds, test, teacher, _eval_config(a), dev, run=a.run if is_ddkit_run else None,
+        results = evaluate_set(ds, test, teacher, cfg, dev, run=a.run if is_ddkit_run else None,
                                progress=not a.quiet)
         title = f"{a.run}: {len(ds.labels)} images, evaluated in {time.time() - t0:.0f} s"
         if is_ddkit_run and dist.is_main():
@@ -150,7 +166,7 @@ def cmd_distill(a) -> None:
                           "diversity_cos": m.get("diversity_cos")}))
     if a.evaluate:
         dist.barrier()  # every rank trains the students; the run must exist first
-        a.run, a.full, a.data, a.subset = str(a.out), False, None, None
+        a.run, a.full, a.data, a.subset, a.teacher = str(a.out), False, None, None, None  # the run's own
         cmd_evaluate(a)
 
 
@@ -218,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="train students on a distilled set (or full data), report test accuracy")
     p.add_argument("run", nargs="?", help="run folder, or any ImageFolder of distilled images")
     p.add_argument("--data", help="dataset whose test split is used (default: the run's)")
-    p.add_argument("--teacher", help="teacher for soft labels (default: the run's)")
+    p.add_argument("--teacher", nargs="+", help="teacher checkpoint for soft labels (default: the run's); "
+                   "several: the mean of their logits (they must share classes and normalisation)")
     p.add_argument("--full", action="store_true", help="baseline: students on the full real training data")
     p.add_argument("--subset", help="with --full: train on the kept samples of this index file")
     p.add_argument("--json", help="write results to this file")
