@@ -23,7 +23,7 @@ import torch
 
 from cifar10 import ROOT, load_inputs, make_run
 from ddkit.data import load_data
-from ddkit.evaluate import EvalConfig, evaluate_set, summarize_entry
+from ddkit.evaluate import EvalConfig, evaluate_set, mean_std, summarize_entry
 from ddkit.protocols import PRESETS, label_robustness, preset
 from ddkit.rundir import DistilledSet, read_json, read_run
 from ddkit.utils import atomic_path, resolve_device, save_json, tune_malloc
@@ -89,7 +89,7 @@ def markdown(rows: list[dict], full: dict | None, a) -> str:
         cells, deltas = [r["set"]], {}
         for p in protos:
             e = r["results"].get(f"{p}/soft")
-            cells.append(f"{e['mean']:.2f} ± {e['std']:.2f} (n={e['n']})" if e else "")
+            cells.append(f"{mean_std(e)} (n={e['n']})" if e else "")
         for p in protos:
             f, v = floor(f"{p}/soft"), acc(r, f"{p}/soft")
             if f is not None and v is not None:
@@ -133,9 +133,8 @@ def _published_table(rows) -> list[str]:
     for r in rows:
         e = r["results"].get("rded/soft")
         if e and r["method"] in ("rded", "delt", "random"):
-            b = e.get("best_selected_on_test")
-            best = f"{b['mean']:.2f} ± {b['std']:.2f}" if b else ""
-            lines.append(f"| {r['set']} | {e['mean']:.2f} ± {e['std']:.2f} | {best} | {PUBLISHED.get(r['method'], '')} |")
+            lines.append(f"| {r['set']} | {mean_std(e)} | {mean_std(e.get('best_selected_on_test'), '')} | "
+                         f"{PUBLISHED.get(r['method'], '')} |")
     return lines
 
 

@@ -71,6 +71,11 @@ def summarize(accs: list[float]) -> dict:
             "std": round(100 * statistics.stdev(accs), 2) if len(accs) > 1 else 0.0, "n": len(accs)}
 
 
+def mean_std(s: dict | None, missing: str = "–") -> str:
+    """'47.36 ± 0.41' from a summary (mean, std in %)."""
+    return f"{s['mean']:.2f} ± {s['std']:.2f}" if s else missing
+
+
 def summarize_entry(entry: dict, seeds: int | None = None) -> dict:
     """Mean ± std and mean wall time of a stored evaluation entry (its first `seeds` seeds, or all)."""
     runs = list(entry["seeds"].values()) if seeds is None else [entry["seeds"][str(s)] for s in range(seeds)]
