@@ -236,7 +236,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
                         "epoch": epoch + 1, "history": history,
                         "elapsed_s": before + time.monotonic() - began}, checkpoint)
     model.eval()
-    return {**history, "resumed_s": before}
+    return {**history, "resumed_s": before}  # training time spent by interrupted attempts, up to their checkpoint
 
 
 def _cross_entropy(out, labels, batch, v: Views, rows, cfg: TrainConfig, hw) -> torch.Tensor:
@@ -248,4 +248,4 @@ def _cross_entropy(out, labels, batch, v: Views, rows, cfg: TrainConfig, hw) -> 
     lam = v.mix_lam(*hw)
     partner = labels[batch[v.mix_perm[rows]].to(out.device)]
     return lam * ce + (1 - lam) * F.cross_entropy(out, partner, reduction="none",
-                                                  label_smoothing=cfg.label_smoothing)  # training time spent by interrupted attempts, up to their checkpoint
+                                                  label_smoothing=cfg.label_smoothing)
