@@ -49,3 +49,43 @@ def test_bad_input_is_one_line_and_nonzero(argv, message, dataset, tmp_path):
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ddkit: error:") and message in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def _error_flags():
+    """Every --flag named in the text of a DDKitError raised anywhere in the package."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import ddkit
+    for path in Path(ddkit.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "DDKitError":
+                for const in ast.walk(node):
+                    if isinstance(const, ast.Constant) and isinstance(const.value, str):
+                        for flag in re.findall(r"--[a-z][a-z-]*", const.value):
+                            yield path.name, flag
+
+
+def test_error_messages_name_only_flags_that_exist():
+    import argparse
+
+    from ddkit.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    options = {o for p in sub.choices.values() for a in p._actions for o in a.option_strings}
+    named = list(_error_flags())
+    assert len(named) > 5  # the scan sees the messages
+    assert [(f, flag) for f, flag in named if flag not in options] == []
+
+
+def test_evaluate_reads_a_test_folder_given_apart(dataset, tmp_path, capsys):
+    import shutil
+    train_only = tmp_path / "train_only"
+    shutil.copytree(dataset / "train", train_only)
+    run = tmp_path / "run"
+    assert main(["distill", "--method", "random", "--ipc", "2", "--data", str(train_only), "--out", str(run),
+                 "--quiet"]) == 0
+    assert main(["evaluate", str(run), "--labels", "hard", "--seeds", "1", "--epochs", "1", "--quiet"]) == 2
+    assert "pass --test-data" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--test-data", str(dataset / "test"), "--labels", "hard", "--seeds", "1",
+                 "--epochs", "1", "--quiet"]) == 0

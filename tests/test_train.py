@@ -27,8 +27,20 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     assert all(torch.equal(a, b) for a, b in zip(good.values(), load_torch(ck)["model"].values()))
 
 
+class Clock:
+    """An injected clock: every reading is `step` seconds after the previous one."""
+
+    def __init__(self, step: float):
+        self.t, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
 def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(ddkit.train, "CHECKPOINT_S", 0.0)  # save every epoch
+    monkeypatch.setattr(ddkit.train, "clock", Clock(1.0))
     x, y = _data()
     cfg = TrainConfig(epochs=4, batch_size=4, aug="rrc")
     torch.manual_seed(0)
@@ -63,10 +75,13 @@ def test_stop_request_interrupts_training(tmp_path):
         STOP["requested"] = False
 
 
-def test_checkpoints_are_rate_limited_but_the_last_epoch_is_saved(tmp_path, monkeypatch):
+@pytest.mark.parametrize("seconds_per_reading, expected", [(0.0, [5]), (ddkit.train.CHECKPOINT_S, [1, 2, 3, 4, 5])])
+def test_checkpoints_are_rate_limited_but_the_last_epoch_is_saved(seconds_per_reading, expected, tmp_path,
+                                                                  monkeypatch):
     saves = []
     monkeypatch.setattr(ddkit.train, "save_torch", lambda obj, path: saves.append(obj["epoch"]))
+    monkeypatch.setattr(ddkit.train, "clock", Clock(seconds_per_reading))
     x, y = _data()
     fit(build_model("convnet3", 2, 8), x, y, lambda t: t, TrainConfig(epochs=5, batch_size=8), torch.device("cpu"),
         checkpoint=str(tmp_path / "ck.pt"), progress=False)
-    assert saves == [5]  # 5 sub-second epochs: one save, at the end
+    assert saves == expected  # instant epochs: one save, at the end; slow ones: one per epoch

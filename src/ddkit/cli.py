@@ -19,11 +19,13 @@ from .utils import DDKitError, request_stop, tune_malloc
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress output (a bar on a terminal; in a log, "
+                   "a line per phase every DDKIT_PROGRESS_S seconds, default 30, and at its end)")
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", nargs="+", default=["convnet3"], help="student architectures")
+    p.add_argument("--test-data", help="test ImageFolder for the students if not <data>/test (or val/)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--labels", choices=["soft", "hard"], default="soft")
     p.add_argument("--epochs", type=int, default=300, help="student epochs")
@@ -77,18 +79,19 @@ def cmd_teacher(a) -> None:
                           "train_time_s": ck.get("train_time_s"), "cached": ck["cached"]}))
 
 
-def _load_eval_inputs(data: str | None, teacher_paths: list[str], device):
-    """Test split, teacher (several: their ensemble) and the members' content hashes; the test set is
-    normalised with the teachers' training statistics."""
+def _load_eval_inputs(data: str | None, teacher_paths: list[str] | None, device, test_data: str | None = None):
+    """Test split (DATA's test/ or val/, or --test-data), teacher (several: their ensemble) and the members'
+    content hashes; the test set is normalised with the teachers' training statistics."""
     from .data import load_data, load_splits
     from .teacher import load_teachers
     from .utils import model_hash
     if not data:
         raise DDKitError("no data to evaluate on: pass --data (a dataset name or ImageFolder root)")
     if not teacher_paths:
-        return load_splits(data)[1], None, ()
+        return load_splits(data, test_data)[1], None, ()
     teacher, ck = load_teachers(teacher_paths, device=device)
-    test = load_data(data, "test", stats=(tuple(ck["mean"]), tuple(ck["std"])))
+    stats = (tuple(ck["mean"]), tuple(ck["std"]))
+    test = load_data(test_data, "train", stats=stats) if test_data else load_data(data, "test", stats=stats)
     if list(test.classes) != list(ck["classes"]):
         raise DDKitError(f"teacher {teacher_paths[0]} classes {ck['classes'][:3]}... differ from test classes "
                          f"{test.classes[:3]}...")
@@ -121,7 +124,7 @@ def cmd_evaluate(a) -> None:
         run_cfg = read_json(Path(a.run) / "config.json").get("distill", {})
         cfg_data = a.data or run_cfg.get("data")
         a.teacher = a.teacher or ([run_cfg["teacher"]] if run_cfg.get("teacher") else None)
-    test, teacher, teacher_ids = _load_eval_inputs(cfg_data, a.teacher, dev)
+    test, teacher, teacher_ids = _load_eval_inputs(cfg_data, a.teacher, dev, a.test_data)
     cfg = _eval_config(a, teacher_ids)
     if a.full:
         train = load_data(a.data, "train")
@@ -278,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # a log shared by stdout and stderr keeps results and progress in order
+        sys.stdout.reconfigure(line_buffering=True)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, request_stop)  # pre-emption: save state, exit with a message
     tune_malloc()

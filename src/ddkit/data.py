@@ -129,7 +129,7 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None, ca
         i = next(i for i, a in enumerate(arrays) if a.shape != arrays[0].shape)
         (h0, w0), (h, w) = arrays[0].shape[:2], arrays[i].shape[:2]
         raise DDKitError(f"mixed image sizes in {root}: {files[i]} is {w}x{h}, {files[0]} is {w0}x{h0}; "
-                         f"pass --image-size to resize")
+                         f"this loader needs every image at one size: resize them first")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels_t = torch.tensor(labels, dtype=torch.long)
     mean, std = stats if stats is not None else channel_stats(images)

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
 from .augment import crop_resize, random_flip, sample_boxes
+from .progress import steps
 from .utils import STOP, DDKitError, load_torch, save_torch
 
 
@@ -174,6 +173,7 @@ class RecoverResult:
     teacher_passes: int = 0           # forward+backward passes of the teacher, in images
     wall_s: float = 0.0               # including the time before an interruption, up to its checkpoint
     resumed_s: float = 0.0            # of which spent by earlier, interrupted attempts
+    resumed_from: int = 0             # iteration this call resumed at (0: started afresh)
 
 
 def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverConfig, lo: torch.Tensor,
@@ -221,8 +221,7 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
                     "elapsed_s": before + time.time() - t0},
                    checkpoint)
 
-    bar = tqdm(range(first, cfg.iterations), desc=desc, disable=not progress, leave=False, initial=first,
-               total=cfg.iterations)
+    bar = steps(first, cfg.iterations, desc, enabled=progress)
     try:
         for it in bar:
             if checkpoint and it > first and (it % cfg.checkpoint_every == 0 or STOP["requested"]):
@@ -267,6 +266,7 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
                 bar.set_postfix(ce=curve["ce"][-1], bn=curve["bn"][-1])
             if sampler.done(it):
                 break
+        bar.close()
     finally:
         bn.close()
-    return RecoverResult(x.detach(), updates, curve, it + 1, passes, before + time.time() - t0, before)
+    return RecoverResult(x.detach(), updates, curve, it + 1, passes, before + time.time() - t0, before, first)

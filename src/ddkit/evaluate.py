@@ -122,6 +122,7 @@ def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, c
         return test_acc(model) if epochs_done % p.eval_every == 0 and epochs_done < cfg.epochs else None
     results = {}
     stored = read_json(Path(run) / "metrics.json").get("evaluation", {}) if run else {}
+    on = f" on {Path(run).name}" if run else ""  # which set, in a log of many evaluations
     for arch in cfg.archs:
         key = cfg.key(arch)
         entry = stored.get(key, {"config": dataclasses.asdict(cfg), "train": dataclasses.asdict(tcfg),
@@ -141,7 +142,7 @@ def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, c
             ckpt = Path(run) / f".student-{stable_hash([key, seed])}.ckpt" if run else None  # mid-seed resume
             hist = fit(student, ds.images, labels, test.normalize, tcfg, device, seed=seed,
                        teacher=teacher if cfg.label_mode == "soft" and not fkd else None, weights=weights,
-                       checkpoint=ckpt and str(ckpt), desc=f"student {arch} seed {seed}", progress=progress,
+                       checkpoint=ckpt and str(ckpt), desc=f"student {arch} seed {seed}{on}", progress=progress,
                        labels_from=store, on_epoch=every if p.eval_every else None)
             acc = test_acc(student)
             rec = {"acc": acc, "wall_s": round(time.time() - t0 + hist["resumed_s"], 1),

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from . import dist
 from .augment import Views
+from .progress import steps
 from .train import TrainConfig, epoch_views, render
 from .utils import DDKitError, load_torch, model_hash, save_json, save_torch, stable_hash, tensor_hash
 
@@ -76,7 +76,8 @@ def _relabel(folder: Path, manifest: dict, images, normalize, teacher, cfg: Trai
     teacher.to(device).eval().to(memory_format=mf)  # as fit runs an online teacher: the same logits
     images = images.to(device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
-    for e in tqdm(range(done, cfg.epochs), desc="relabel (FKD)", disable=not progress, leave=False):
+    bar = steps(done, cfg.epochs, "relabel (FKD)", unit="epoch", enabled=progress)
+    for e in bar:
         parts = []
         for batch, v, _ in epoch_views(cfg, manifest["n"], manifest["batch_size"], hw, gen):
             x, _ = render(images, normalize, batch, v, slice(None))
@@ -86,6 +87,7 @@ def _relabel(folder: Path, manifest: dict, images, normalize, teacher, cfg: Trai
                 raise DDKitError("relabel: the teacher's logits overflow fp16 (or are NaN); check the teacher")
             parts.append((batch, v, logits))
         save_torch(_epoch_blob(parts, gen), folder / f"epoch_{e:04d}.pt")
+    bar.close()
 
 
 def _epoch_blob(parts: list, gen: torch.Generator) -> dict:

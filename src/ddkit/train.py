@@ -24,14 +24,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
 from . import dist
 from .augment import Views, apply_views, draw_views, paste
+from .progress import steps
 from .utils import STOP, DDKitError, load_torch, save_torch
 
 
 CHECKPOINT_S = 30.0  # at most one training checkpoint per this many seconds
+clock = time.monotonic  # of checkpoint spacing and elapsed time; tests inject their own
 
 
 @dataclass
@@ -183,9 +183,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             gen.set_state(state["gen"])
             start, history, before = state["epoch"], state["history"], state.get("elapsed_s", 0.0)
     net = _data_parallel(model, device) if world > 1 else model
-    saved = began = time.monotonic()
-    bar = tqdm(range(start, cfg.epochs), desc=desc, disable=not progress, leave=False, initial=start,
-               total=cfg.epochs)
+    saved = began = clock()
+    bar = steps(start, cfg.epochs, desc, unit="epoch", enabled=progress)
     for epoch in bar:
         model.train()
         tot = 0.0
@@ -230,11 +229,12 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
         if on_epoch is not None and (value := on_epoch(epoch + 1, model)) is not None:
             history.setdefault("test", []).append([epoch + 1, value])
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
-        if checkpoint and rank == 0 and (time.monotonic() - saved >= CHECKPOINT_S or epoch + 1 == cfg.epochs):
-            saved = time.monotonic()
+        if checkpoint and rank == 0 and (clock() - saved >= CHECKPOINT_S or epoch + 1 == cfg.epochs):
+            saved = clock()
             save_torch({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                         "epoch": epoch + 1, "history": history,
-                        "elapsed_s": before + time.monotonic() - began}, checkpoint)
+                        "elapsed_s": before + clock() - began}, checkpoint)
+    bar.close()
     model.eval()
     return {**history, "resumed_s": before}  # training time spent by interrupted attempts, up to their checkpoint
 

@@ -39,7 +39,8 @@ def _recover(method, ctx: Context, x0: torch.Tensor, y: torch.Tensor, classes: l
                   bn_targets=targets, **kw)
     return res, {"iterations_run": res.iterations_run, "teacher_image_passes": res.teacher_passes,
                  "image_updates": int(res.updates.sum()), "recover_wall_s": round(res.wall_s, 2),
-                 "resumed_wall_s": round(res.resumed_s, 2), "bn_targets_wall_s": stats_s,
+                 "resumed_wall_s": round(res.resumed_s, 2), "resumed_from_iteration": res.resumed_from,
+                 "bn_targets_wall_s": stats_s,
                  "curve": res.curve, "updates_per_image": res.updates.tolist()}
 
 
