@@ -5,7 +5,8 @@ in bench/cifar10.py's run folders (bench/results/cifar10/runs/<tag>: reused when
 distilled otherwise, with the same tags so it reuses ours). Protocols (ddkit.protocols): ddkit, rded,
 sre2l, ddranking; soft labels; ConvNet-3 teacher and student. For DD-Ranking's metrics, hard-label runs of
 every set under ddranking, and the full real training set with hard labels under ddranking (HLR's
-reference; --full-epochs). Every finished student seed is stored in its run's metrics.json, so the
+reference, --full-epochs; DD-Ranking trains that reference with its own real-data recipe, we keep the
+protocol the same). Every finished student seed is stored in its run's metrics.json, so the
 command resumes; rows go to bench/results/cifar10_protocols/<tag>.json and the tables to table.md.
 
     python bench/protocols.py                                  # the whole grid (GPU hours; resumable)

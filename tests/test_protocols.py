@@ -51,8 +51,10 @@ def test_presets_pin_their_schedules():
     ddk = preset("ddkit").train_config(8, 10, 10)   # per step, to 0
     assert lr_factor(ddk, 4, 0, 5) == pytest.approx(0.5) and lr_factor(ddk, 4, 1, 5) < 0.5
     ddr = preset("ddranking").train_config(8, 10, 10)
-    assert (ddr.lr, ddr.weight_decay, ddr.temperature, ddr.cutmix, ddr.schedule) == (0.01, 0.01, 20.0, 1.0, "cosine")
+    assert (ddr.lr, ddr.weight_decay, ddr.temperature, ddr.cutmix, ddr.schedule, ddr.aug, ddr.batch_size) == \
+        (0.01, 0.01, 20.0, 1.0, "cosine", "none", 256)
     assert PRESETS["sre2l"].soft_labels == "fkd" and PRESETS["rded"].eval_every == 10
+    assert PRESETS["ddranking"].eval_every == 20
 
 
 def test_batch_size_by_ipc_follows_rded():

@@ -13,14 +13,16 @@ much as on the images (docs/methods.md §6). Presets, each overridable field by 
 - `sre2l`: SRe2L's FKD: a relabel pass stores every epoch's batches, crops, flips, CutMix boxes and the
   teacher's fp16 logits in the run folder (ddkit.fkd); students replay them without a teacher. KL at T=20
   without T^2, AdamW 1e-3 wd 0.01, cosine set per epoch, RRC(0.08-1)+flip, CutMix beta 1.
-- `ddranking`: DD-Ranking's evaluation settings: AdamW lr 0.01 wd 0.01, cosine, KL at T=20, CutMix, teacher
-  online on every augmented batch (logits averaged over an ensemble: `--teacher A B`). Its flaws are left
-  out: one lr for hard and soft labels (no search on test accuracy), final epoch reported, seeded students.
+- `ddranking`: DD-Ranking's evaluation settings for tensors: AdamW lr 0.01 wd 0.01, cosine, KL at T=20,
+  CutMix (beta 1) as the only augmentation, batch 256 (its `syn_batch_size`), teacher online on every
+  augmented batch (logits averaged over an ensemble: `--teacher A B`); it reports the best of every 20
+  epochs (its `test_interval`), recorded beside the final one. Its flaws are left out: one lr for hard and
+  soft labels (no search on test accuracy), final epoch reported, seeded students.
 
 Not given by the peers' descriptions and chosen by ddkit (state them with results): RRC scale (0.08, 1)
-(torchvision's default, which RDED's and SRe2L's code use) for rded/sre2l/ddranking; the IPC batch rule for
-sre2l and ddranking (SRe2L's ImageNet batch of 1024 would be one step per epoch at CIFAR IPC10); per-step
-cosine for ddranking; IPC values between the table's rows take the next row down (IPC 5 -> 10).
+(torchvision's default, which RDED's and SRe2L's code use) for rded/sre2l; the IPC batch rule for sre2l
+(SRe2L's ImageNet batch of 1024 would be one step per epoch at CIFAR IPC10); per-step cosine and no T^2
+for ddranking; IPC values between the table's rows take the next row down (IPC 5 -> 10).
 """
 from __future__ import annotations
 
@@ -79,7 +81,8 @@ PRESETS: dict[str, Protocol] = {
     "ddkit": Protocol(),
     "rded": Protocol(name="rded", schedule="half_cosine", lr_by_epoch=True, bn_warm=True, eval_every=10, **_PEER),
     "sre2l": Protocol(name="sre2l", schedule="cosine", lr_by_epoch=True, soft_labels="fkd", **_PEER),
-    "ddranking": Protocol(name="ddranking", schedule="cosine", **{**_PEER, "lr": 0.01}),
+    "ddranking": Protocol(name="ddranking", schedule="cosine", eval_every=20,
+                          **{**_PEER, "lr": 0.01, "batch_size": 256, "aug": "none", "test_resize": False}),
 }
 
 
