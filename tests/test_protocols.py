@@ -6,23 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from ddkit.augment import apply_views, draw_views, resize_center_crop
-from ddkit.data import load_splits
 from ddkit.distill import DistillConfig, distill
 from ddkit.evaluate import EvalConfig, evaluate_set
 from ddkit.models import build_model
 from ddkit.protocols import PRESETS, Protocol, ipc_batch_size, label_robustness, preset
 from ddkit.rundir import read_run
-from ddkit.teacher import load_checkpoint
 from ddkit.train import TrainConfig, config_id, fit, lr_factor, render, soft_kl, student_recipe, teacher_recipe
 from ddkit.utils import DDKitError
-
-
-@pytest.fixture(scope="module")
-def setup(dataset, teacher_path):
-    _, test = load_splits(str(dataset))
-    teacher, ck = load_checkpoint(teacher_path)
-    test.mean, test.std = tuple(ck["mean"]), tuple(ck["std"])
-    return test, teacher
 
 
 def test_the_ddkit_preset_is_todays_student_recipe_and_keeps_its_result_keys():
@@ -153,8 +143,8 @@ def test_label_robustness_uses_fractions():
         label_robustness(50.0, 30.0, 45.0, 80.0)
 
 
-def test_rded_protocol_records_final_and_best_epoch_and_saves_itself(setup, dataset, tmp_path):
-    test, teacher = setup
+def test_rded_protocol_records_final_and_best_epoch_and_saves_itself(eval_inputs, dataset, tmp_path):
+    test, teacher = eval_inputs
     run = distill(DistillConfig(method="random", ipc=4, data=str(dataset)), tmp_path / "run", "cpu", progress=False)
     cfg = EvalConfig(seeds=1, epochs=4, protocol=preset("rded", {"eval_every": "2"}))
     (key, r), = evaluate_set(read_run(run), test, teacher, cfg, torch.device("cpu"), run=run, progress=False).items()
