@@ -37,6 +37,9 @@ from .utils import DDKitError, parse_overrides
 
 @dataclass
 class Protocol:
+    """How students are trained and tested. A new protocol's knobs (e.g. EDC's weight EMA, MSE + CE loss,
+    RandAugment, step LR) become fields whose defaults are ddkit's behaviour, so existing presets and the
+    keys of stored results (see changes) stay as they are."""
     name: str = "ddkit"
     optimizer: str = "adamw"
     lr: float = 1e-3
