@@ -99,3 +99,23 @@ def test_sre2l_protocol_students_need_no_teacher_and_the_store_size_is_recorded(
     assert more[key]["n"] == 2
     assert json.loads((run / "metrics.json").read_text())["evaluation"][key]["config"]["protocol"]["soft_labels"] \
         == "fkd"
+
+
+def test_replay_under_torchrun_two_processes_equals_one(dataset, teacher_path, tmp_path):
+    """CutMix partners live on other ranks' rows and the store is written by rank 0 only: without
+    BatchNorm (convnet3_in) the students still match one process."""
+    import shutil
+    import subprocess
+    import sys
+
+    from test_resume import _torchrun
+    one = distill(DistillConfig(method="random", ipc=4, data=str(dataset), teacher=str(teacher_path)),
+                  tmp_path / "one", "cpu", progress=False)
+    two = shutil.copytree(one, tmp_path / "two")
+    args = ["--protocol", "sre2l", "--arch", "convnet3_in", "--epochs", "2", "--seeds", "1", "--quiet",
+            "--device", "cpu"]
+    subprocess.run([sys.executable, "-m", "ddkit", "evaluate", str(one), *args], check=True, capture_output=True)
+    _torchrun(["evaluate", str(two), *args])
+    (a,), (b,) = ([e["seeds"]["0"] for e in json.loads((r / "metrics.json").read_text())["evaluation"].values()]
+                  for r in (one, two))
+    assert a["acc"] == b["acc"] and a["final_loss"] == pytest.approx(b["final_loss"], rel=1e-4, abs=1e-4)
