@@ -33,6 +33,21 @@ def test_cli_end_to_end(dataset, tmp_path, capsys):
                  "--epochs", "1", "--quiet"]) == 0
 
 
+def test_ddranking_metrics_from_stored_results(dataset, teacher_path, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["distill", "--method", "random", "--ipc", "2", "--data", str(dataset), "--teacher", str(teacher_path),
+                 "--out", str(run), "--quiet"]) == 0
+    for labels in ("soft", "hard"):
+        assert main(["evaluate", str(run), "--protocol", "ddranking", "--labels", labels, "--seeds", "1",
+                     "--epochs", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["ddranking", str(run), "--random", str(run), "--full-hard", "0.9", "--epochs", "1"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["ior"] == 0 and m["hlr"] == pytest.approx(0.9 - m["syn_hard"])   # the set is its own random floor
+    assert main(["ddranking", str(run), "--random", str(run), "--full-hard", "0.9", "--epochs", "2"]) == 2
+    assert "run `ddkit evaluate" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["distill", "--method", "nope", "--ipc", "1", "--data", "{data}", "--out", "{tmp}/r"], "unknown method"),
     (["distill", "--method", "random", "--ipc", "1", "--data", "{tmp}/missing", "--out", "{tmp}/r"], "not found"),

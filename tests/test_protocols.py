@@ -139,7 +139,7 @@ def test_label_robustness_uses_fractions():
     alpha = 0.5 * 0.05 - 0.5 * 0.5
     assert r["lrs"] == pytest.approx((math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1)))
     assert label_robustness(0.8, 0.8, 0.8, 0.8)["lrs"] == pytest.approx((1 - math.exp(-1)) / (math.e - math.exp(-1)))
-    with pytest.raises(DDKitError, match="fractions"):
+    with pytest.raises(DDKitError, match="fractions in .0, 1. here, got syn_soft=50.0, syn_hard=30.0"):
         label_robustness(50.0, 30.0, 45.0, 80.0)
 
 

@@ -149,6 +149,19 @@ def cmd_evaluate(a) -> None:
         Path(a.json).write_text(json.dumps(results, indent=2))
 
 
+def cmd_ddranking(a) -> None:
+    from .evaluate import EvalConfig, stored_summary
+    from .protocols import label_robustness, preset
+    proto = preset("ddranking", _settings(a.pset, "--pset"))
+
+    def acc(run, labels):  # stored mean accuracy as a fraction
+        cfg = EvalConfig(label_mode=labels, epochs=a.epochs, protocol=proto)
+        return stored_summary(run, cfg, a.arch)["mean"] / 100
+    inputs = {"syn_soft": acc(a.run, "soft"), "syn_hard": acc(a.run, "hard"), "random_soft": acc(a.random, "soft"),
+              "real_hard": a.full_hard}
+    print(json.dumps({**label_robustness(**inputs), **inputs}))
+
+
 def cmd_distill(a) -> None:
     from .distill import DistillConfig, distill
     from .report import write_report
@@ -243,6 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_args(p)
     _common(p)
     p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("ddranking", help="DD-Ranking's HLR, IOR and LRS from stored ddranking-protocol results")
+    p.add_argument("run", help="the distilled run, evaluated with --protocol ddranking, soft and hard labels")
+    p.add_argument("--random", required=True, help="random real images at the same IPC (`ddkit distill "
+                   "--method random`), evaluated with --protocol ddranking, soft labels")
+    p.add_argument("--full-hard", type=float, required=True, help="accuracy (a fraction) of the full real "
+                   "training data with hard labels: `ddkit evaluate --full --labels hard --protocol ddranking`")
+    p.add_argument("--arch", default="convnet3")
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--pset", action="append", metavar="KEY=VALUE", help="protocol fields the runs used")
+    p.set_defaults(fn=cmd_ddranking)
 
     p = sub.add_parser("select", help="prune the real data before distillation (BiLP)")
     p.add_argument("--data", required=True)

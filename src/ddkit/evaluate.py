@@ -88,6 +88,16 @@ def summarize_entry(entry: dict, seeds: int | None = None) -> dict:
     return out
 
 
+def stored_summary(run: str | Path, cfg: EvalConfig, arch: str) -> dict:
+    """The stored results of cfg on RUN (summarize_entry); a one-line error naming the command that makes them."""
+    key = cfg.key(arch)
+    entry = read_json(Path(run) / "metrics.json").get("evaluation", {}).get(key)
+    if not entry or not entry["seeds"]:
+        raise DDKitError(f"{run} has no {key} results; run `ddkit evaluate {run} --protocol {cfg.protocol.name} "
+                         f"--labels {cfg.label_mode} --epochs {cfg.epochs} --arch {arch}` first")
+    return summarize_entry(entry)
+
+
 def _best(hist: dict, final_acc: float, cfg: EvalConfig) -> dict:
     """The best of the every-N-epochs test accuracies and the final one, for protocols whose papers report
     it; named for what it is: selected on the test set."""

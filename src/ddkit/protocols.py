@@ -108,8 +108,10 @@ def label_robustness(syn_soft: float, syn_hard: float, random_soft: float, real_
     HLR = Acc(full real data, hard) - Acc(set, hard): how far hard labels on the set are from real data;
     IOR = Acc(set, soft) - Acc(random real at the same IPC, soft): the gain over random images under the
     same protocol; alpha = w IOR - (1 - w) HLR; LRS = (e^alpha - e^-1) / (e - e^-1)."""
-    if not all(0 <= a <= 1 for a in (syn_soft, syn_hard, random_soft, real_hard)):
-        raise DDKitError("label_robustness takes accuracies as fractions in [0, 1]")
+    accs = {"syn_soft": syn_soft, "syn_hard": syn_hard, "random_soft": random_soft, "real_hard": real_hard}
+    bad = [f"{k}={v}" for k, v in accs.items() if not 0 <= v <= 1]
+    if bad:
+        raise DDKitError(f"accuracies are fractions in [0, 1] here, got {', '.join(bad)}")
     hlr, ior = real_hard - syn_hard, syn_soft - random_soft
     alpha = w * ior - (1 - w) * hlr
     return {"hlr": hlr, "ior": ior, "lrs": (math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1))}
