@@ -102,7 +102,8 @@ def _load_eval_inputs(data: str | None, teacher_paths: list[str] | None, device,
 def _print_results(title: str, results: dict) -> None:
     from .evaluate import mean_std
     rows = [{"protocol": k, "accuracy %": mean_std(r), "seeds": r["n"],
-             "best epoch % (selected on test)": mean_std(r.get("best_selected_on_test")), "s/seed": r["wall_s_per_seed"],
+             "best epoch % (selected on test)": mean_std(r.get("best_selected_on_test")),
+             "s/seed": r["wall_s_per_seed"],
              "label store MB": f"{r['label_store_bytes'] / 1e6:.1f}" if "label_store_bytes" in r else "–"}
             for k, r in results.items()]
     print(f"\n{title}\n" + table(rows, ["protocol", "accuracy %", "seeds", "best epoch % (selected on test)",
