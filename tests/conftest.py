@@ -43,3 +43,14 @@ def teacher_path(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher") / "teacher.pt"
     train_teacher(train, test, "convnet3", teacher_recipe(6), device="cpu", out=out, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def eval_inputs(dataset, teacher_path):
+    """(test split normalised with the teacher's statistics, teacher), as `ddkit evaluate` loads them."""
+    from ddkit.data import load_splits
+    from ddkit.teacher import load_checkpoint
+    _, test = load_splits(str(dataset))
+    teacher, ck = load_checkpoint(teacher_path)
+    test.mean, test.std = tuple(ck["mean"]), tuple(ck["std"])
+    return test, teacher

@@ -41,3 +41,22 @@ def test_foreign_and_malicious_files_are_not_unpickled(tmp_path):
         load_checkpoint(tmp_path / "plain.pt")
     with pytest.raises(DDKitError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_an_ensemble_of_one_teacher_is_that_teacher_and_of_copies_the_same_logits(teacher_path, tmp_path):
+    from ddkit.teacher import Ensemble, load_teachers
+    from ddkit.utils import load_torch, save_torch
+    teacher, ck = load_checkpoint(teacher_path)
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        ref = teacher(x)
+        assert torch.equal(Ensemble([teacher])(x), ref)
+        one, info = load_teachers([str(teacher_path)])
+        assert torch.equal(one(x), ref) and info["teachers"] == [str(teacher_path)]
+        two, _ = load_teachers([str(teacher_path), str(teacher_path)])
+        assert isinstance(two, Ensemble) and torch.equal(two(x), ref)
+    other = load_torch(teacher_path)
+    other["std"] = [s * 2 for s in other["std"]]
+    save_torch(other, tmp_path / "other.pt")
+    with pytest.raises(DDKitError, match="differ in std"):
+        load_teachers([str(teacher_path), str(tmp_path / "other.pt")])

@@ -15,7 +15,7 @@ import torch.nn as nn
 from . import dist
 from .data import ImageData
 from .models import build_model
-from .train import TrainConfig, accuracy, fit, teacher_recipe
+from .train import TrainConfig, accuracy, config_id, fit, teacher_recipe
 from .utils import DDKitError, cache_dir, check_output, load_torch, save_torch, stable_hash, tensor_hash
 
 FORMAT = "ddkit-model-v1"
@@ -65,7 +65,7 @@ def train_teacher(train: ImageData, test: ImageData | None, arch: str = "convnet
     recipe = recipe or teacher_recipe()
     if out:
         check_output(out)  # before hours of training, not after
-    key = stable_hash({"data": data_hash(train), "arch": arch, "recipe": dataclasses.asdict(recipe),
+    key = stable_hash({"data": data_hash(train), "arch": arch, "recipe": config_id(recipe),
                        "seed": seed})
     cached = cache_dir() / "teachers" / f"{arch}_{key}.pt"
     if use_cache and cached.is_file():
@@ -92,3 +92,29 @@ def train_teacher(train: ImageData, test: ImageData | None, arch: str = "convnet
     dist.barrier()
     model, ck = load_checkpoint(cached, device=device)  # plain BatchNorm again if DDP made it SyncBatchNorm
     return model, {**ck, "cached": False, "path": str(out or cached)}
+
+
+class Ensemble(nn.Module):
+    """Several teachers as one: the mean of their logits (G-VBSM/EDC multi-teacher relabelling)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).float() for m in self.members]).mean(0)
+
+
+def load_teachers(paths: list[str], classes: list[str] | None = None, device: torch.device | str = "cpu"
+                  ) -> tuple[nn.Module, dict]:
+    """One teacher, or the Ensemble of several that agree on classes, image size and normalisation.
+    Returns (model, the first checkpoint's info with "teachers": every path)."""
+    loaded = [load_checkpoint(p, classes, device=device) for p in paths]
+    first = loaded[0][1]
+    for p, (_, ck) in zip(paths[1:], loaded[1:]):
+        for k in ("classes", "image_size", "mean", "std"):
+            if ck[k] != first[k]:
+                raise DDKitError(f"teachers {paths[0]} and {p} differ in {k} ({str(first[k])[:40]} vs "
+                                 f"{str(ck[k])[:40]}); an ensemble needs one class list and one normalisation")
+    model = loaded[0][0] if len(loaded) == 1 else Ensemble([m for m, _ in loaded]).to(device).eval()
+    return model, {**first, "teachers": [str(p) for p in paths]}
