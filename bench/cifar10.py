@@ -58,20 +58,27 @@ def method_of(name: str) -> str:
     return name.split("_")[0]
 
 
-def run_one(name, ipc, a, dev, teacher, test) -> dict:
+def make_run(name, ipc, a, dev, teacher, test, runs: Path | None = None) -> tuple[str, Path]:
+    """(tag, run folder) of one distilled set at its benchmark budget, distilled unless it exists."""
     settings = dict(BUDGETS.get(name, {}))
     if a.quick:
         settings.update({k: v for k, v in QUICK.items() if k in settings})
     tag = f"{name}_ipc{ipc}" + (f"_{Path(a.subset).stem}" if a.subset else "") + \
         (f"_seed{a.distill_seed}" if a.distill_seed else "")
-    run = a.out / "runs" / tag
+    run = (runs or a.out / "runs") / tag
     if not (run / "data.pt").is_file():
         distill(DistillConfig(method=method_of(name), ipc=ipc, data=a.data, teacher=str(a.teacher),
                               subset=a.subset, seed=a.distill_seed, settings=settings), run, dev,
                 progress=not a.quiet)
-    ds = read_run(run)
     if read_json(run / "metrics.json").get("diversity_cos") is None:   # a run made without a teacher
+        ds = read_run(run)
         update_metrics(run, diversity_cos=diversity(teacher, test.normalize(ds.images.to(dev)), ds.labels.to(dev)))
+    return tag, run
+
+
+def run_one(name, ipc, a, dev, teacher, test) -> dict:
+    tag, run = make_run(name, ipc, a, dev, teacher, test)
+    ds = read_run(run)
     for labels in a.labels:
         cfg = EvalConfig(archs=tuple(a.archs), seeds=a.seeds, label_mode=labels, epochs=a.epochs)
         evaluate_set(ds, test, teacher, cfg, dev, run=run, progress=not a.quiet)
@@ -160,6 +167,13 @@ def draws_table(rows: list[dict], key: str) -> list[str]:
             "| set | draws | acc % | per draw (seed 0, 1, …) |", "|---|---|---|---|", *lines]
 
 
+def load_inputs(a, dev) -> tuple:
+    """(teacher, test split normalised with its statistics); sets a.teacher_info for the table."""
+    teacher, ck = load_checkpoint(a.teacher, device=dev)
+    a.teacher_info = f"{ck['arch']} {100 * ck['test_acc']:.1f} % test" if ck.get("test_acc") else ck["arch"]
+    return teacher, load_data(a.data, "test", stats=(tuple(ck["mean"]), tuple(ck["std"])))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent.parent / "shared" / "datasets" / "cifar10"))
@@ -184,9 +198,7 @@ def main():
     if a.quick:
         a.seeds, a.epochs, a.out = 1, 20, a.out.with_name(a.out.name + "_quick")
     dev = resolve_device(a.device)
-    teacher, ck = load_checkpoint(a.teacher, device=dev)
-    a.teacher_info = f"{ck['arch']} {100 * ck['test_acc']:.1f} % test" if ck.get("test_acc") else ck["arch"]
-    test = load_data(a.data, "test", stats=(tuple(ck["mean"]), tuple(ck["std"])))
+    teacher, test = load_inputs(a, dev)
     if a.table_only:  # rebuild rows and table from every run in --out (runs are not committed: rows are)
         rows = {p.parent.name: row_of(p.parent, a) for p in a.out.glob("runs/*/data.pt")}
         for tag, row in rows.items():

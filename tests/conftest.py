@@ -60,6 +60,17 @@ def teacher_path(dataset, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def eval_inputs(dataset, teacher_path):
+    """(test split normalised with the teacher's statistics, teacher), as `ddkit evaluate` loads them."""
+    from ddkit.data import load_splits
+    from ddkit.teacher import load_checkpoint
+    _, test = load_splits(str(dataset))
+    teacher, ck = load_checkpoint(teacher_path)
+    test.mean, test.std = tuple(ck["mean"]), tuple(ck["std"])
+    return test, teacher
+
+
 @pytest.fixture(scope="session")
 def zoo_weights(tmp_path_factory):
     """{spec: state-dict file} of randomly initialised 3-class zoo models."""

@@ -21,9 +21,31 @@ def test_cli_end_to_end(dataset, tmp_path, capsys):
     for f in ("report.md", "grid.png", "curves.png", "config.json", "metrics.json", "data.pt"):
         assert (run / f).is_file(), f
     assert "convnet3/soft" in (run / "report.md").read_text()
+    # a peer's protocol, a field override and an ensemble of two teachers (the same checkpoint twice)
+    assert main(["evaluate", str(run), "--protocol", "rded", "--pset", "eval_every=1", "--teacher", str(t), str(t),
+                 "--seeds", "1", "--epochs", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "convnet3/soft/rded/e2-" in out
+    entry = next(v for k, v in json.loads((run / "metrics.json").read_text())["evaluation"].items() if "/rded/" in k)
+    assert entry["config"]["protocol"]["eval_every"] == 1 and len(entry["config"]["teachers"]) == 2
     # evaluate also takes a plain ImageFolder made elsewhere, with hard labels and no teacher
     assert main(["evaluate", str(run / "images"), "--data", str(dataset), "--labels", "hard", "--seeds", "1",
                  "--epochs", "1", "--quiet"]) == 0
+
+
+def test_ddranking_metrics_from_stored_results(dataset, teacher_path, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["distill", "--method", "random", "--ipc", "2", "--data", str(dataset), "--teacher", str(teacher_path),
+                 "--out", str(run), "--quiet"]) == 0
+    for labels in ("soft", "hard"):
+        assert main(["evaluate", str(run), "--protocol", "ddranking", "--labels", labels, "--seeds", "1",
+                     "--epochs", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["ddranking", str(run), "--random", str(run), "--full-hard", "0.9", "--epochs", "1"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["ior"] == 0 and m["hlr"] == pytest.approx(0.9 - m["syn_hard"])   # the set is its own random floor
+    assert main(["ddranking", str(run), "--random", str(run), "--full-hard", "0.9", "--epochs", "2"]) == 2
+    assert "run `ddkit evaluate" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -32,6 +54,8 @@ def test_cli_end_to_end(dataset, tmp_path, capsys):
     (["distill", "--method", "random", "--ipc", "99", "--data", "{data}", "--out", "{tmp}/r"], "fewer than IPC"),
     (["teacher", "--data", "{data}", "--arch", "vgg99", "--epochs", "1"], "unknown architecture"),
     (["evaluate", "{tmp}/norun", "--data", "{data}"], "not found"),
+    (["evaluate", "--full", "--data", "{data}", "--labels", "hard", "--protocol", "edc"], "unknown protocol"),
+    (["evaluate", "--full", "--data", "{data}", "--labels", "hard", "--pset", "lr"], "--pset expects key=value"),
 ])
 def test_bad_input_is_one_line_and_nonzero(argv, message, dataset, tmp_path):
     argv = [a.format(data=dataset, tmp=tmp_path) for a in argv]

@@ -3,27 +3,18 @@ import json
 import pytest
 import torch
 
-from ddkit.data import load_splits
 from ddkit.distill import DistillConfig, distill
 from ddkit.evaluate import EvalConfig, align_classes, evaluate_set
+from ddkit.protocols import Protocol
 from ddkit.rundir import DistilledSet, read_run
-from ddkit.teacher import load_checkpoint
 from ddkit.utils import DDKitError
 
-FAST = EvalConfig(seeds=2, epochs=20, batch_size=16)
+FAST = EvalConfig(seeds=2, epochs=20, protocol=Protocol(batch_size=16))
 
 
-@pytest.fixture(scope="module")
-def setup(dataset, teacher_path):
-    _, test = load_splits(str(dataset))
-    teacher, ck = load_checkpoint(teacher_path)
-    test.mean, test.std = tuple(ck["mean"]), tuple(ck["std"])
-    return test, teacher
-
-
-def test_students_learn_from_a_tiny_set_and_results_are_stored(setup, dataset, teacher_path, tmp_path,
+def test_students_learn_from_a_tiny_set_and_results_are_stored(eval_inputs, dataset, teacher_path, tmp_path,
                                                                  monkeypatch):
-    test, teacher = setup
+    test, teacher = eval_inputs
     run = distill(DistillConfig(method="random", ipc=4, data=str(dataset)), tmp_path / "run", "cpu", progress=False)
     res = evaluate_set(read_run(run), test, teacher, FAST, torch.device("cpu"), run=run, progress=False)
     (key, r), = res.items()
@@ -34,11 +25,11 @@ def test_students_learn_from_a_tiny_set_and_results_are_stored(setup, dataset, t
     assert evaluate_set(read_run(run), test, teacher, FAST, torch.device("cpu"), run=run, progress=False) == res
 
 
-def test_interrupted_seed_resumes_from_its_epoch_checkpoint(setup, dataset, tmp_path, monkeypatch):
+def test_interrupted_seed_resumes_from_its_epoch_checkpoint(eval_inputs, dataset, tmp_path, monkeypatch):
     import ddkit.train
     from ddkit.utils import STOP
-    test, teacher = setup
-    cfg = EvalConfig(seeds=1, epochs=6, batch_size=16)
+    test, teacher = eval_inputs
+    cfg = EvalConfig(seeds=1, epochs=6, protocol=Protocol(batch_size=16))
     run = distill(DistillConfig(method="random", ipc=4, data=str(dataset)), tmp_path / "run", "cpu", progress=False)
     ref = evaluate_set(read_run(run), test, teacher, cfg, torch.device("cpu"), progress=False)
     saves, real_save = [], ddkit.train.save_torch
@@ -61,8 +52,8 @@ def test_interrupted_seed_resumes_from_its_epoch_checkpoint(setup, dataset, tmp_
     assert not list(run.glob(".student-*.ckpt"))     # removed once the seed is stored
 
 
-def test_hard_labels_need_no_teacher_and_soft_labels_do(setup):
-    test, _ = setup
+def test_hard_labels_need_no_teacher_and_soft_labels_do(eval_inputs):
+    test, _ = eval_inputs
     ds = DistilledSet(test.images.float() / 255, test.labels, test.classes)
     cfg = EvalConfig(seeds=1, epochs=2, label_mode="hard")
     assert evaluate_set(ds, test, None, cfg, torch.device("cpu"), progress=False)
@@ -70,16 +61,16 @@ def test_hard_labels_need_no_teacher_and_soft_labels_do(setup):
         evaluate_set(ds, test, None, EvalConfig(seeds=1, epochs=1), torch.device("cpu"))
 
 
-def test_classes_are_matched_by_name_not_position(setup):
-    test, _ = setup
+def test_classes_are_matched_by_name_not_position(eval_inputs):
+    test, _ = eval_inputs
     ds = DistilledSet(torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]), ["frog", "cat"])
     assert align_classes(ds, test.classes).tolist() == [2, 0]
     with pytest.raises(DDKitError, match="not among"):
         align_classes(DistilledSet(torch.zeros(1, 3, 8, 8), torch.tensor([0]), ["zebra"]), test.classes)
 
 
-def test_weights_reach_the_loss(setup, monkeypatch):
-    test, teacher = setup
+def test_weights_reach_the_loss(eval_inputs, monkeypatch):
+    test, teacher = eval_inputs
     seen = {}
 
     def spy(*a, weights=None, **k):

@@ -52,6 +52,25 @@ def test_foreign_and_malicious_files_are_not_unpickled(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_an_ensemble_of_one_teacher_is_that_teacher_and_of_copies_the_same_logits(teacher_path, tmp_path):
+    from ddkit.teacher import Ensemble, load_teachers
+    from ddkit.utils import load_torch, save_torch
+    teacher, ck = load_checkpoint(teacher_path)
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        ref = teacher(x)
+        assert torch.equal(Ensemble([teacher])(x), ref)
+        one, info = load_teachers([str(teacher_path)])
+        assert torch.equal(one(x), ref) and info["teachers"] == [str(teacher_path)]
+        two, _ = load_teachers([str(teacher_path), str(teacher_path)])
+        assert isinstance(two, Ensemble) and torch.equal(two(x), ref)
+    other = load_torch(teacher_path)
+    other["std"] = [s * 2 for s in other["std"]]
+    save_torch(other, tmp_path / "other.pt")
+    with pytest.raises(DDKitError, match="differ in std"):
+        load_teachers([str(teacher_path), str(tmp_path / "other.pt")])
+
+
 @pytest.mark.parametrize("spec", ZOO)
 def test_frozen_import_reproduces_the_imported_logits(spec, zoo_weights, dataset, tmp_path, capsys):
     out = tmp_path / "frozen.pt"
@@ -153,3 +172,16 @@ def test_cli_import_errors_are_one_line_and_write_nothing(dataset, tmp_path):
     err = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(err) == 1 and "no weights for torchvision:resnet18" in err[0]
     assert not (tmp_path / "t.pt").exists()
+
+
+def test_an_ensemble_takes_zoo_teachers_with_their_weights_in_order(zoo_weights, teacher_path):
+    from ddkit.teacher import Ensemble, load_teachers
+    r18 = str(zoo_weights["torchvision:resnet18"])
+    one, _ = load_teachers(["torchvision:resnet18"], [r18], CLASSES, 8)
+    two, info = load_teachers(["torchvision:resnet18"] * 2, [r18, r18], CLASSES, 8)
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        assert isinstance(two, Ensemble) and torch.equal(two(x), one(x).float())
+    assert info["teachers"] == ["torchvision:resnet18"] * 2
+    with pytest.raises(DDKitError, match="1 --teacher-weights for 2 torchvision:/timm:/module:function teachers"):
+        load_teachers([str(teacher_path), "torchvision:resnet18", "timm:test_resnet"], [r18], CLASSES, 8)

@@ -12,7 +12,9 @@ see exactly the views one process would, while each augments only its own rows.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
@@ -84,9 +86,10 @@ def random_resized_crop(x: torch.Tensor, generator: torch.Generator | None = Non
     """Per-image (or one shared) RandomResizedCrop back to the input size, then random flip."""
     _, _, h, w = x.shape
     n = shard[0] if shard else x.shape[0]
-    boxes = sample_boxes(1 if shared_box else n, h, w, scale, generator=generator)
-    boxes = boxes if shared_box else _draw(boxes, shard)
-    return random_flip(crop_resize(x, boxes, (h, w)), generator, shard=shard)
+    if shared_box:
+        boxes = sample_boxes(1, h, w, scale, generator=generator)
+        return random_flip(crop_resize(x, boxes, (h, w)), generator, shard=shard)
+    return apply_views(x, draw_views("rrc", n, h, w, generator, scale), rows(shard, n))
 
 
 def random_translate(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None,
@@ -94,7 +97,82 @@ def random_translate(x: torch.Tensor, pad: int = 4, generator: torch.Generator |
     """airbench-style pad (reflect) + random crop to the input size, then random flip."""
     _, _, h, w = x.shape
     n = shard[0] if shard else x.shape[0]
-    xp = F.pad(x, (pad,) * 4, mode="reflect")
-    off = _draw(torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).float(), shard)
-    boxes = torch.cat([off, off + torch.tensor([w, h])], 1)
-    return random_flip(crop_resize(xp, boxes, (h, w)), generator, shard=shard)
+    return apply_views(x, draw_views("translate", n, h, w, generator, pad=pad), rows(shard, n))
+
+
+def rows(shard: Shard, n: int) -> slice:
+    return shard[1] if shard else slice(0, n)
+
+
+@dataclass
+class Views:
+    """The random draws behind one batch of training views, enough to recompute them exactly (and to
+    store them: FKD label files). Drawn for the whole batch, so data-parallel ranks slice their rows."""
+    boxes: torch.Tensor | None = None     # [m, 4] crop boxes (x1, y1, x2, y2) in pixels of the padded image
+    flips: torch.Tensor | None = None     # [m] bool
+    pad: int = 0                          # reflect padding before cropping (translate)
+    mix_perm: torch.Tensor | None = None  # [m] CutMix: view i takes its patch from view mix_perm[i]
+    mix_box: torch.Tensor | None = None   # [4] int64 (x1, y1, x2, y2) of the pasted patch
+
+    def mix_lam(self, h: int, w: int) -> float:
+        """Fraction of each mixed view that is still its own image (CutMix's lambda)."""
+        x1, y1, x2, y2 = self.mix_box.tolist()
+        return 1 - (x2 - x1) * (y2 - y1) / (h * w)
+
+
+def draw_views(aug: str, n: int, h: int, w: int, generator: torch.Generator | None = None,
+               scale=(0.5, 1.0), pad: int = 4, cutmix: float = 0.0) -> Views:
+    """Draw a batch's augmentation: `rrc` (RandomResizedCrop + flip), `translate` (pad-crop + flip) or
+    `none`, then CutMix (beta `cutmix` > 0: one box and one pairing for the batch, as RDED/SRe2L do)."""
+    if aug == "rrc":
+        v = Views(sample_boxes(n, h, w, scale, generator=generator))
+    elif aug == "translate":
+        off = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).float()
+        v = Views(torch.cat([off, off + torch.tensor([w, h])], 1), pad=pad)
+    else:
+        v = Views()
+    if aug != "none":
+        v.flips = torch.rand(n, generator=generator) < 0.5
+    if cutmix > 0:
+        seed = int(torch.randint(2 ** 62, (1,), generator=generator))  # torch has no seeded Beta sampler
+        lam = float(np.random.default_rng(seed).beta(cutmix, cutmix))
+        cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+        cx, cy = (int(torch.randint(0, d, (1,), generator=generator)) for d in (w, h))
+        v.mix_box = torch.tensor([max(cx - cut_w // 2, 0), max(cy - cut_h // 2, 0),
+                                  min(cx + cut_w // 2, w), min(cy + cut_h // 2, h)])
+        v.mix_perm = torch.randperm(n, generator=generator)
+    return v
+
+
+def apply_views(x: torch.Tensor, v: Views, sel) -> torch.Tensor:
+    """The un-mixed views of rows `sel` (slice or index tensor) of the batch; x holds exactly those rows."""
+    h, w = x.shape[-2:]
+    if v.pad:
+        x = F.pad(x, (v.pad,) * 4, mode="reflect")
+    if v.boxes is not None:
+        x = crop_resize(x, v.boxes[sel], (h, w))
+    if v.flips is not None:
+        x = torch.where(v.flips[sel].to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
+    return x
+
+
+def paste(x: torch.Tensor, partner: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """CutMix: `partner`'s pixels inside `box` replace x's (out of place)."""
+    x1, y1, x2, y2 = box.tolist()
+    x = x.clone()
+    x[..., y1:y2, x1:x2] = partner[..., y1:y2, x1:x2]
+    return x
+
+
+def resize_center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The peers' test view, Resize(size // 7 * 8) + CenterCrop(size), with their integer arithmetic:
+    224 -> 256 -> 224 and 64 -> 72 -> 64, but 32 -> 32 (identity at CIFAR scale, as their CIFAR runs)."""
+    big = size // 7 * 8
+    h, w = x.shape[-2:]
+    if min(h, w) != big:
+        s = big / min(h, w)
+        x = F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", antialias=True,
+                          align_corners=False)
+    h, w = x.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]

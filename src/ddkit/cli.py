@@ -49,29 +49,38 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--labels", choices=["soft", "hard"], default="soft")
     p.add_argument("--epochs", type=int, default=300, help="student epochs")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--temperature", type=positive_float, default=4.0)
+    p.add_argument("--protocol", default="ddkit", help="student-training protocol: ddkit, rded, sre2l, "
+                   "ddranking (see README, Protocols)")
+    p.add_argument("--pset", action="append", metavar="KEY=VALUE", help="protocol field, repeatable "
+                   "(e.g. lr=0.002, cutmix=0)")
+    p.add_argument("--batch-size", type=int, help="student batch (default: the protocol's)")
+    p.add_argument("--temperature", type=positive_float, help="soft-label temperature (default: the protocol's)")
     p.add_argument("--no-weights", action="store_true", help="ignore per-image weights (e.g. DDOQ masses)")
 
 
-def _teacher_args(p: argparse.ArgumentParser, help: str) -> None:
-    p.add_argument("--teacher", help=f"{help}: a ddkit checkpoint, or a pretrained model: torchvision:NAME, "
-                   "timm:NAME, module:function")
-    p.add_argument("--teacher-weights", metavar="PATH", help="state dict of a torchvision:/timm:/module:function "
-                   "teacher (default: the library's cache, or its download where the internet is reachable)")
+def _teacher_args(p: argparse.ArgumentParser, help: str, several: bool = False) -> None:
+    nargs = "+" if several else None
+    p.add_argument("--teacher", nargs=nargs, help=f"{help}: a ddkit checkpoint, or a pretrained model: "
+                   "torchvision:NAME, timm:NAME, module:function")
+    p.add_argument("--teacher-weights", nargs=nargs, metavar="PATH", help="state dict of a torchvision:/timm:/"
+                   "module:function teacher (default: the library's cache, or its download where the internet is "
+                   "reachable)" + ("; one per such teacher, in order" if several else ""))
 
 
-def _eval_config(a):
+def _eval_config(a, teacher_ids: tuple[str, ...]):
     from .evaluate import EvalConfig
+    from .protocols import preset
+    fields = _settings(a.pset, "--pset")
+    fields.update({k: v for k, v in (("batch_size", a.batch_size), ("temperature", a.temperature)) if v is not None})
     return EvalConfig(archs=tuple(a.arch), seeds=a.seeds, label_mode=a.labels, epochs=a.epochs,
-                      batch_size=a.batch_size, temperature=a.temperature, use_weights=not a.no_weights)
+                      use_weights=not a.no_weights, protocol=preset(a.protocol, fields), teachers=teacher_ids)
 
 
-def _settings(pairs: list[str]) -> dict[str, str]:
+def _settings(pairs: list[str], flag: str = "--set") -> dict[str, str]:
     out = {}
     for p in pairs or []:
         if "=" not in p:
-            raise DDKitError(f"--set expects key=value, got {p!r}")
+            raise DDKitError(f"{flag} expects key=value, got {p!r}")
         k, v = p.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -125,32 +134,35 @@ def cmd_import(a) -> None:
                       "stats_from": ck["stats_from"], "weights": ck["imported_from"]}))
 
 
-def _load_eval_inputs(data: str | None, teacher_spec: str | None, weights: str | None, device,
+def _load_eval_inputs(data: str | None, teachers: list[str] | None, weights: list[str] | None, device,
                       test_data: str | None = None, on_bad_image: str = "error"):
-    """Test split (DATA's test/ or val/, or --test-data) and teacher; the test set is normalised with the
-    teacher's training statistics."""
-    from .data import check_classes, load_data, load_splits
-    from .teacher import is_spec, load_teacher
+    """Test split (DATA's test/ or val/, or --test-data), teacher (several: their ensemble; each a checkpoint
+    or a zoo spec) and the members' content hashes; the test set is normalised with the teachers' statistics."""
+    from .data import load_data, load_splits
+    from .teacher import load_teachers
+    from .utils import model_hash
     if not data:
         raise DDKitError("no data to evaluate on: pass --data (a dataset name or ImageFolder root)")
-    teacher = None
-    if teacher_spec:
-        test = load_data(test_data, "train", on_bad_image=on_bad_image) if test_data \
-            else load_data(data, "test", on_bad_image=on_bad_image)
-        # an import takes the test split's class names; a checkpoint's must match them
-        teacher, ck = load_teacher(teacher_spec, weights, test.classes if is_spec(teacher_spec) else None,
-                                   test.image_size, device)
-        check_classes("test split", test.classes, f"teacher {teacher_spec}", ck["classes"])
-        test.mean, test.std = tuple(ck["mean"]), tuple(ck["std"])
-    else:
-        _, test = load_splits(data, test_data, on_bad_image=on_bad_image)
-    return test, teacher
+    if not teachers:
+        return load_splits(data, test_data, on_bad_image=on_bad_image)[1], None, ()
+    test = load_data(test_data, "train", on_bad_image=on_bad_image) if test_data \
+        else load_data(data, "test", on_bad_image=on_bad_image)
+    # an import takes the test split's class names and resolution; a checkpoint must match them
+    teacher, ck = load_teachers(teachers, weights, test.classes, test.image_size, device)
+    test.mean, test.std = tuple(ck["mean"]), tuple(ck["std"])
+    members = teacher.members if len(teachers) > 1 else [teacher]
+    return test, teacher, tuple(model_hash(m) for m in members)
 
 
 def _print_results(title: str, results: dict) -> None:
-    rows = [{"protocol": k, "accuracy %": f"{r['mean']:.2f} ± {r['std']:.2f}", "seeds": r["n"],
-             "s/seed": r["wall_s_per_seed"]} for k, r in results.items()]
-    print(f"\n{title}\n" + table(rows, ["protocol", "accuracy %", "seeds", "s/seed"]))
+    from .evaluate import mean_std
+    rows = [{"protocol": k, "accuracy %": mean_std(r), "seeds": r["n"],
+             "best epoch % (selected on test)": mean_std(r.get("best_selected_on_test")),
+             "s/seed": r["wall_s_per_seed"],
+             "label store MB": f"{r['label_store_bytes'] / 1e6:.1f}" if "label_store_bytes" in r else "–"}
+            for k, r in results.items()]
+    print(f"\n{title}\n" + table(rows, ["protocol", "accuracy %", "seeds", "best epoch % (selected on test)",
+                                         "s/seed", "label store MB"]))
 
 
 def cmd_evaluate(a) -> None:
@@ -168,22 +180,25 @@ def cmd_evaluate(a) -> None:
         run_cfg = read_json(Path(a.run) / "config.json").get("distill", {})
         cfg_data = a.data or run_cfg.get("data")
         if not a.teacher:  # the run's teacher, with its weights
-            a.teacher, a.teacher_weights = run_cfg.get("teacher"), run_cfg.get("teacher_weights")
+            a.teacher, a.teacher_weights = ([run_cfg[k]] if run_cfg.get(k) else None
+                                            for k in ("teacher", "teacher_weights"))
     if a.json:
         check_output(a.json)
-    test, teacher = _load_eval_inputs(cfg_data, a.teacher, a.teacher_weights, dev, a.test_data, a.on_bad_image)
+    test, teacher, teacher_ids = _load_eval_inputs(cfg_data, a.teacher, a.teacher_weights, dev, a.test_data,
+                                                   a.on_bad_image)
+    cfg = _eval_config(a, teacher_ids)
     if a.full:
         train = load_data(a.data, "train", on_bad_image=a.on_bad_image)
         if a.subset:
             train = load_subset_file(a.subset, train)
         ds = DistilledSet(train.images, train.labels, train.classes)  # uint8 is fine for fit()
-        results = evaluate_set(ds, test, teacher, _eval_config(a), dev, progress=not a.quiet)
+        results = evaluate_set(ds, test, teacher, cfg, dev, progress=not a.quiet)
         title = f"full real data ({len(train)} images)"
     else:
         ds = read_run(a.run)
         is_ddkit_run = (Path(a.run) / "metrics.json").is_file()
         t0 = time.time()
-        results = evaluate_set(ds, test, teacher, _eval_config(a), dev, run=a.run if is_ddkit_run else None,
+        results = evaluate_set(ds, test, teacher, cfg, dev, run=a.run if is_ddkit_run else None,
                                progress=not a.quiet)
         title = f"{a.run}: {len(ds.labels)} images, evaluated in {time.time() - t0:.0f} s"
         if is_ddkit_run and dist.is_main():
@@ -193,6 +208,19 @@ def cmd_evaluate(a) -> None:
     _print_results(title, results)
     if a.json:
         save_json(results, a.json)
+
+
+def cmd_ddranking(a) -> None:
+    from .evaluate import EvalConfig, stored_summary
+    from .protocols import label_robustness, preset
+    proto = preset("ddranking", _settings(a.pset, "--pset"))
+
+    def acc(run, labels):  # stored mean accuracy as a fraction
+        cfg = EvalConfig(label_mode=labels, epochs=a.epochs, protocol=proto)
+        return stored_summary(run, cfg, a.arch)["mean"] / 100
+    inputs = {"syn_soft": acc(a.run, "soft"), "syn_hard": acc(a.run, "hard"), "random_soft": acc(a.random, "soft"),
+              "real_hard": a.full_hard}
+    print(json.dumps({**label_robustness(**inputs), **inputs}))
 
 
 def cmd_distill(a) -> None:
@@ -214,7 +242,7 @@ def cmd_distill(a) -> None:
                           "diversity_cos": m.get("diversity_cos")}))
     if a.evaluate:
         dist.barrier()  # every rank trains the students; the run must exist first
-        a.run, a.full, a.data, a.subset, a.teacher = str(a.out), False, None, None, None  # the run's
+        a.run, a.full, a.data, a.subset, a.teacher = str(a.out), False, None, None, None  # the run's own
         cmd_evaluate(a)
 
 
@@ -300,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="train students on a distilled set (or full data), report test accuracy")
     p.add_argument("run", nargs="?", help="run folder, or any ImageFolder of distilled images")
     p.add_argument("--data", help="dataset whose test split is used (default: the run's)")
-    _teacher_args(p, "teacher for soft labels (default: the run's)")
+    _teacher_args(p, "teacher for soft labels (default: the run's); several: the mean of their logits (they "
+                  "must share classes and normalisation)", several=True)
     p.add_argument("--full", action="store_true", help="baseline: students on the full real training data")
     p.add_argument("--subset", help="with --full: train on the kept samples of this index file")
     p.add_argument("--json", help="write results to this file")
@@ -308,6 +337,17 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     _common(p)
     p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("ddranking", help="DD-Ranking's HLR, IOR and LRS from stored ddranking-protocol results")
+    p.add_argument("run", help="the distilled run, evaluated with --protocol ddranking, soft and hard labels")
+    p.add_argument("--random", required=True, help="random real images at the same IPC (`ddkit distill "
+                   "--method random`), evaluated with --protocol ddranking, soft labels")
+    p.add_argument("--full-hard", type=float, required=True, help="accuracy (a fraction) of the full real "
+                   "training data with hard labels: `ddkit evaluate --full --labels hard --protocol ddranking`")
+    p.add_argument("--arch", default="convnet3")
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--pset", action="append", metavar="KEY=VALUE", help="protocol fields the runs used")
+    p.set_defaults(fn=cmd_ddranking)
 
     p = sub.add_parser("select", help="prune the real data before distillation (BiLP)")
     p.add_argument("--data", required=True)

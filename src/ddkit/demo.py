@@ -14,6 +14,7 @@ from .data import load_splits
 from .distill import DistillConfig, distill
 from .evaluate import EvalConfig, evaluate_set
 from .methods import METHODS
+from .protocols import Protocol
 from .report import write_report
 from .rundir import DistilledSet, read_json, read_run
 from .teacher import load_checkpoint, train_teacher
@@ -35,7 +36,7 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
     print(f"teacher convnet3 on digits: test accuracy {100 * ck['test_acc']:.1f} %")
     teacher_path = str(out / "teacher.pt")
     teacher = load_checkpoint(teacher_path, device=dev)[0]
-    soft = EvalConfig(seeds=2, epochs=100, batch_size=64)
+    soft = EvalConfig(seeds=2, epochs=100)
     rows = []
     for name in sorted(METHODS):
         run = out / f"{name}_ipc{IPC}"
@@ -52,7 +53,7 @@ def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool
                          "synthesis s": m["synthesis_wall_s"], "diversity (cos)": m.get("diversity_cos", "")})
         write_report(run)
     full = DistilledSet(train.images, train.labels, train.classes)
-    r = next(iter(evaluate_set(full, test, None, EvalConfig(seeds=1, epochs=15, batch_size=128,
+    r = next(iter(evaluate_set(full, test, None, EvalConfig(seeds=1, epochs=15, protocol=Protocol(batch_size=128),
                                                             label_mode="hard"), dev, progress=progress).values()))
     rows.append({"set": f"full real ({len(train)})", "labels": "hard", "accuracy %": f"{r['mean']:.1f}",
                  "synthesis s": 0})

@@ -1,28 +1,32 @@
 """Evaluate a distilled set: train students from scratch on it, report real test accuracy.
 
-One protocol for every method (see docs/methods.md §0): random-resized-crop + flip views, AdamW,
-cosine LR, `soft` = KL to the teacher's softmax on the same view at temperature tau (online relabeling),
-`hard` = cross-entropy on the class labels; per-image weights (DDOQ) scale the loss when present.
-The reported number is the final-epoch accuracy (picking the best epoch would select on the test set),
-mean ± std over seeds. Each finished (arch, seed) is stored at once, so a rerun skips it.
+How students are trained is a named protocol (ddkit.protocols: `ddkit`, the default, or a peer's), saved
+with every result and part of its key: `soft` = KL to the teacher('s ensemble) on each view, online or
+replayed from stored FKD labels; `hard` = cross-entropy on the class labels; per-image weights (DDOQ)
+scale the loss when present. The reported number is the final-epoch accuracy, mean ± std over seeds; a
+protocol whose paper reports its best epoch also records that, labelled as selected on the test set.
+Each finished (arch, seed) is stored at once, so a rerun skips it.
 """
 from __future__ import annotations
 
 import dataclasses
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from . import dist
+from .augment import resize_center_crop
 from .data import ImageData
+from .fkd import label_store
 from .models import build_model
+from .protocols import Protocol
 from .rundir import DistilledSet, read_json, update_metrics
-from .train import TrainConfig, accuracy, fit, student_recipe
-from .utils import DDKitError, stable_hash
+from .train import accuracy, fit
+from .utils import DDKitError, cache_dir, stable_hash
 
 
 @dataclass
@@ -31,19 +35,23 @@ class EvalConfig:
     seeds: int = 3
     label_mode: str = "soft"        # soft | hard
     epochs: int = 300
-    batch_size: int = 64
-    lr: float = 1e-3
-    temperature: float = 4.0
     use_weights: bool = True        # apply per-image weights when the set has them
+    protocol: Protocol = field(default_factory=Protocol)
+    teachers: tuple[str, ...] = ()  # content hashes of an ensemble's members (soft labels from several)
 
     def key(self, arch: str) -> str:
-        """Results of one protocol and arch, e.g. convnet3/soft/e300-<hash of the rest>."""
-        rest = stable_hash({k: v for k, v in dataclasses.asdict(self).items() if k not in ("archs", "seeds")}, 6)
-        return f"{arch}/{self.label_mode}/e{self.epochs}-{rest}"
-
-    def train_config(self) -> TrainConfig:
-        cfg = student_recipe(self.epochs)
-        return dataclasses.replace(cfg, batch_size=self.batch_size, lr=self.lr, temperature=self.temperature)
+        """Results of one protocol and arch: convnet3/soft/e300-<hash> for ddkit's protocol (the key it
+        had before protocols were named, so stored results resume), else e.g. convnet3/soft/rded/e300-<hash>
+        with the hash over the fields that differ from ddkit's and the ensemble."""
+        p, changed = self.protocol, self.protocol.changes()
+        ensemble = list(self.teachers) if self.label_mode == "soft" and len(self.teachers) > 1 else []
+        if set(changed) <= set(Protocol.LEGACY) and not ensemble:
+            legacy = {"label_mode": self.label_mode, "epochs": self.epochs, "batch_size": p.batch_size,
+                      "lr": p.lr, "temperature": p.temperature, "use_weights": self.use_weights}
+            return f"{arch}/{self.label_mode}/e{self.epochs}-{stable_hash(legacy, 6)}"
+        rest = stable_hash({"label_mode": self.label_mode, "epochs": self.epochs, "use_weights": self.use_weights,
+                            "protocol": changed, "teachers": ensemble}, 6)
+        return f"{arch}/{self.label_mode}/{p.name}/e{self.epochs}-{rest}"
 
 
 def align_classes(ds: DistilledSet, classes: list[str]) -> torch.Tensor:
@@ -63,11 +71,40 @@ def summarize(accs: list[float]) -> dict:
             "std": round(100 * statistics.stdev(accs), 2) if len(accs) > 1 else 0.0, "n": len(accs)}
 
 
+def mean_std(s: dict | None, missing: str = "–") -> str:
+    """'47.36 ± 0.41' from a summary (mean, std in %)."""
+    return f"{s['mean']:.2f} ± {s['std']:.2f}" if s else missing
+
+
 def summarize_entry(entry: dict, seeds: int | None = None) -> dict:
     """Mean ± std and mean wall time of a stored evaluation entry (its first `seeds` seeds, or all)."""
     runs = list(entry["seeds"].values()) if seeds is None else [entry["seeds"][str(s)] for s in range(seeds)]
-    return {**summarize([r["acc"] for r in runs]),
-            "wall_s_per_seed": round(statistics.fmean(r["wall_s"] for r in runs), 1)}
+    out = {**summarize([r["acc"] for r in runs]),
+           "wall_s_per_seed": round(statistics.fmean(r["wall_s"] for r in runs), 1)}
+    if all("best_acc_selected_on_test" in r for r in runs):
+        out["best_selected_on_test"] = summarize([r["best_acc_selected_on_test"] for r in runs])
+    if "label_store_bytes" in entry:
+        out["label_store_bytes"] = entry["label_store_bytes"]
+    return out
+
+
+def stored_summary(run: str | Path, cfg: EvalConfig, arch: str) -> dict:
+    """The stored results of cfg on RUN (summarize_entry); a one-line error naming the command that makes them."""
+    key = cfg.key(arch)
+    entry = read_json(Path(run) / "metrics.json").get("evaluation", {}).get(key)
+    if not entry or not entry["seeds"]:
+        raise DDKitError(f"{run} has no {key} results; run `ddkit evaluate {run} --protocol {cfg.protocol.name} "
+                         f"--labels {cfg.label_mode} --epochs {cfg.epochs} --arch {arch}` first")
+    return summarize_entry(entry)
+
+
+def _best(hist: dict, final_acc: float, cfg: EvalConfig) -> dict:
+    """The best of the every-N-epochs test accuracies and the final one, for protocols whose papers report
+    it; named for what it is: selected on the test set."""
+    if not cfg.protocol.eval_every:
+        return {}
+    epoch, acc = max(hist.get("test", []) + [[cfg.epochs, final_acc]], key=lambda r: r[1])
+    return {"best_acc_selected_on_test": acc, "best_epoch": epoch, "tested_every": cfg.protocol.eval_every}
 
 
 def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, cfg: EvalConfig,
@@ -76,7 +113,8 @@ def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, c
 
     `test` carries the normalisation (the teacher's training statistics) and the class list. With `run`,
     every finished seed is merged into RUN/metrics.json and reused on a rerun, and the seed in progress
-    checkpoints (RUN/.student-*.ckpt, see fit), so an interrupted evaluation resumes mid-training.
+    checkpoints (RUN/.student-*.ckpt, see fit), so an interrupted evaluation resumes mid-training. FKD
+    labels (protocol soft_labels=fkd) are stored in RUN (or the cache without one) and shared by all seeds.
     """
     if cfg.label_mode not in ("soft", "hard"):
         raise DDKitError(f"unknown label mode {cfg.label_mode!r}; choose soft or hard")
@@ -88,26 +126,46 @@ def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, c
     weights = None
     if cfg.use_weights and ds.weights is not None:
         weights = ds.weights.float() * len(ds.weights) / ds.weights.float().sum()  # mean 1 over the set
-    tcfg = cfg.train_config()
+    p = cfg.protocol
+    ipc = round(len(labels) / len(labels.unique()))
+    tcfg = p.train_config(cfg.epochs, ipc, len(test.classes))
+    fkd = cfg.label_mode == "soft" and p.soft_labels == "fkd"
+    store = None
+    test_norm = (lambda x: resize_center_crop(test.normalize(x), test.image_size)) if p.test_resize \
+        else test.normalize
+
+    def test_acc(model) -> float:
+        return accuracy(model, test.images, test.labels, test_norm, device)
+
+    def every(epochs_done: int, model):  # the best-epoch record (_best adds the final epoch)
+        return test_acc(model) if epochs_done % p.eval_every == 0 and epochs_done < cfg.epochs else None
     results = {}
     stored = read_json(Path(run) / "metrics.json").get("evaluation", {}) if run else {}
     on = f" on {Path(run).name}" if run else ""  # which set, in a log of many evaluations
     for arch in cfg.archs:
         key = cfg.key(arch)
-        entry = stored.get(key, {"config": dataclasses.asdict(cfg), "seeds": {}})
+        entry = stored.get(key, {"config": dataclasses.asdict(cfg), "train": dataclasses.asdict(tcfg),
+                                 "seeds": {}})
         for seed in range(cfg.seeds):
             if str(seed) in entry["seeds"]:
                 continue
+            if fkd and store is None:  # relabel once, before any student; students then need no teacher
+                t_relabel = time.time()
+                store = label_store(Path(run) if run else cache_dir() / "fkd", ds.images, test.normalize,
+                                    teacher, tcfg, device, progress=progress)
+                entry["label_store_bytes"] = store.size_bytes()
+                entry.setdefault("relabel_wall_s", round(time.time() - t_relabel, 1))  # the first, real pass
             t0 = time.time()
             torch.manual_seed(seed)
             student = build_model(arch, len(test.classes), test.image_size)
             ckpt = Path(run) / f".student-{stable_hash([key, seed])}.ckpt" if run else None  # mid-seed resume
             hist = fit(student, ds.images, labels, test.normalize, tcfg, device, seed=seed,
-                       teacher=teacher if cfg.label_mode == "soft" else None, weights=weights,
-                       checkpoint=ckpt and str(ckpt), desc=f"student {arch} seed {seed}{on}", progress=progress)
-            acc = accuracy(student, test.images, test.labels, test.normalize, device)
+                       teacher=teacher if cfg.label_mode == "soft" and not fkd else None, weights=weights,
+                       checkpoint=ckpt and str(ckpt), desc=f"student {arch} seed {seed}{on}", progress=progress,
+                       labels_from=store, on_epoch=every if p.eval_every else None)
+            acc = test_acc(student)
             entry["seeds"][str(seed)] = {"acc": acc, "wall_s": round(time.time() - t0 + hist["resumed_s"], 1),
-                                         "final_loss": round(hist["loss"][-1], 4)}
+                                         "final_loss": round(hist["loss"][-1], 4), **_best(hist, acc, cfg)}
             if run and dist.is_main():  # under torchrun every rank trained the same student
                 stored[key] = entry
                 update_metrics(run, evaluation=stored)

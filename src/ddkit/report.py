@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from .evaluate import summarize_entry
+from .evaluate import mean_std, summarize_entry
 from .rundir import read_json, read_run
 from .utils import atomic_path
 
@@ -60,10 +60,12 @@ def loss_plot(groups: list[dict], out: Path) -> bool:
 
 
 def _eval_table(evaluation: dict) -> list[str]:
-    lines = ["| protocol | accuracy (%) | seeds | student wall s/seed |", "|---|---|---|---|"]
+    lines = ["| protocol | accuracy (%) | seeds | best epoch (%, selected on test) | student wall s/seed |",
+             "|---|---|---|---|---|"]
     for key, e in evaluation.items():
         s = summarize_entry(e)
-        lines.append(f"| {key} | {s['mean']:.2f} ± {s['std']:.2f} | {s['n']} | {s['wall_s_per_seed']:.0f} |")
+        lines.append(f"| {key} | {mean_std(s)} | {s['n']} | {mean_std(s.get('best_selected_on_test'))} | "
+                     f"{s['wall_s_per_seed']:.0f} |")
     return lines
 
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 from . import dist
 from .data import ImageData
 from .models import build_model, classifier
-from .train import TrainConfig, accuracy, fit, teacher_recipe
+from .train import TrainConfig, accuracy, config_id, fit, teacher_recipe
 from .utils import DDKitError, cache_dir, check_output, load_torch, save_torch, stable_hash, tensor_hash
 from .zoo import Pretrained, find_weights, pretrained
 
@@ -156,7 +156,7 @@ def train_teacher(train: ImageData, test: ImageData | None, arch: str = "convnet
     recipe = recipe or teacher_recipe()
     if out:
         check_output(out)  # before hours of training, not after
-    key = stable_hash({"data": data_hash(train), "arch": arch, "recipe": dataclasses.asdict(recipe),
+    key = stable_hash({"data": data_hash(train), "arch": arch, "recipe": config_id(recipe),
                        "seed": seed})
     cached = cache_dir() / "teachers" / f"{arch.replace(':', '-')}_{key}.pt"  # no ':' in file names
     if use_cache and cached.is_file():
@@ -183,3 +183,41 @@ def train_teacher(train: ImageData, test: ImageData | None, arch: str = "convnet
     dist.barrier()
     model, ck = load_checkpoint(cached, device=device)  # plain BatchNorm again if DDP made it SyncBatchNorm
     return model, {**ck, "cached": False, "path": str(out or cached)}
+
+
+def _weights_per(paths: list[str], weights: list[str] | None) -> list[str | None]:
+    """--teacher-weights in order, one per zoo-spec teacher (a checkpoint holds its own)."""
+    weights = list(weights or [])
+    specs = sum(is_spec(p) for p in paths)
+    if weights and len(weights) != specs:
+        raise DDKitError(f"{len(weights)} --teacher-weights for {specs} torchvision:/timm:/module:function "
+                         f"teachers: give one per such teacher, in order")
+    it = iter(weights)
+    return [next(it, None) if is_spec(p) else None for p in paths]
+
+
+class Ensemble(nn.Module):
+    """Several teachers as one: the mean of their logits (G-VBSM/EDC multi-teacher relabelling)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).float() for m in self.members]).mean(0)
+
+
+def load_teachers(paths: list[str], weights: list[str] | None = None, classes: list[str] | None = None,
+                  image_size: int | None = None, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """One teacher, or the Ensemble of several that agree on classes, image size and normalisation; each a
+    checkpoint or a zoo spec (see load_teacher), `weights` going in order to the zoo specs.
+    Returns (model, the first checkpoint's info with "teachers": every path)."""
+    loaded = [load_teacher(p, w, classes, image_size, device) for p, w in zip(paths, _weights_per(paths, weights))]
+    first = loaded[0][1]
+    for p, (_, ck) in zip(paths[1:], loaded[1:]):
+        for k in ("classes", "image_size", "mean", "std"):
+            if ck[k] != first[k]:
+                raise DDKitError(f"teachers {paths[0]} and {p} differ in {k} ({str(first[k])[:40]} vs "
+                                 f"{str(ck[k])[:40]}); an ensemble needs one class list and one normalisation")
+    model = loaded[0][0] if len(loaded) == 1 else Ensemble([m for m, _ in loaded]).to(device).eval()
+    return model, {**first, "teachers": [str(p) for p in paths]}

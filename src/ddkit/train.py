@@ -2,8 +2,11 @@
 
 Images live on the device as one tensor (uint8 real data or float synthetic data in [0, 1]) and are
 normalised and augmented per batch on the device: no DataLoader workers, no per-image Python.
-Label modes: `hard` (cross-entropy, optional label smoothing), `soft` (KL to an online teacher on the
-same augmented view, temperature tau), each optionally weighted per sample (DDOQ cell masses).
+Label modes: `hard` (cross-entropy, optional label smoothing), `soft` (KL to a teacher on the same
+augmented view, temperature tau), each optionally weighted per sample (DDOQ cell masses). Soft labels come
+from an online teacher (one model or an ensemble) or are replayed, views included, from a stored label file
+(`labels_from`, see ddkit.fkd). Optional per batch: CutMix, the teacher labelling the mixed view (with hard
+labels the two classes' losses are mixed by area).
 
 Under torchrun, `fit` is data-parallel (DDP): every rank walks the same permutation and draws the same
 augmentation numbers, takes its contiguous share of each global batch, and the loss is scaled so the
@@ -13,6 +16,7 @@ stays per-rank on CPU (gloo has no SyncBatchNorm).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -21,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from . import dist
-from .augment import random_resized_crop, random_translate
+from .augment import Views, apply_views, draw_views, paste
 from .progress import steps
 from .utils import STOP, DDKitError, load_torch, save_torch
 
@@ -37,13 +41,27 @@ class TrainConfig:
     optimizer: str = "sgd"          # sgd (nesterov) | adamw
     lr: float = 0.05
     weight_decay: float = 5e-4
-    schedule: str = "onecycle"      # onecycle (linear warm-up 20 %, linear decay) | cosine
+    schedule: str = "onecycle"      # onecycle (linear warm-up 20 %, linear decay) | cosine (to 0) |
+    #                                 half_cosine (0.5 (1 + cos(pi t / 2)), ends at 0.5: RDED)
     label_smoothing: float = 0.0
     aug: str = "translate"          # translate (pad-crop + flip) | rrc (random-resized-crop + flip) | none
     rrc_scale: tuple[float, float] = (0.5, 1.0)
     temperature: float = 4.0
     channels_last: bool = True
     amp: bool = True                # bf16 autocast, CUDA only
+    lr_by_epoch: bool = False       # LR set once per epoch (the peers' per-epoch LambdaLR), not per step
+    cutmix: float = 0.0             # CutMix beta on every batch (0 = off)
+    kl_t2: bool = True              # soft-label KL times tau^2 (Hinton); RDED/SRe2L leave it out
+    bn_warm: bool = False           # RDED quirk: a no-grad train-mode forward of the un-mixed views first
+
+
+_ADDED = {"lr_by_epoch": False, "cutmix": 0.0, "kl_t2": True, "bn_warm": False}
+
+
+def config_id(cfg: TrainConfig) -> dict:
+    """The recipe as hashed into cache keys: fields added later are left out while at their defaults, so a
+    teacher cached before they existed keeps its key."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _ADDED or v != _ADDED[k]}
 
 
 def teacher_recipe(epochs: int = 30) -> TrainConfig:
@@ -56,19 +74,40 @@ def student_recipe(epochs: int = 300) -> TrainConfig:
                        schedule="cosine", aug="rrc")
 
 
-def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
-    t = step / max(1, total)
+def lr_factor(cfg: TrainConfig, epoch: int, b: int, steps_per_epoch: int) -> float:
+    """LR multiplier at step b of `epoch`."""
+    t = epoch / cfg.epochs if cfg.lr_by_epoch else (epoch * steps_per_epoch + b) / max(1, cfg.epochs * steps_per_epoch)
     if cfg.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.schedule == "half_cosine":
+        return 0.5 * (1 + math.cos(math.pi * t / 2))
     return t / 0.2 if t < 0.2 else max(0.0, (1 - t) / 0.8)
 
 
-def _augment(cfg: TrainConfig, x: torch.Tensor, gen: torch.Generator, shard) -> torch.Tensor:
-    if cfg.aug == "translate":  # 4 px at 32 px, as airbench
-        return random_translate(x, pad=max(1, x.shape[-1] // 8), generator=gen, shard=shard)
-    if cfg.aug == "rrc":
-        return random_resized_crop(x, gen, cfg.rrc_scale, shard=shard)
-    return x
+def epoch_views(cfg: TrainConfig, n: int, bs: int, hw: tuple[int, int], gen: torch.Generator):
+    """One epoch of online draws: (batch indices, Views, None) per batch (None: no stored logits)."""
+    perm = torch.randperm(n, generator=gen)
+    for b in range(0, n, bs):
+        batch = perm[b:b + bs]
+        # translate: 4 px at 32 px, as airbench
+        yield batch, draw_views(cfg.aug, len(batch), *hw, gen, cfg.rrc_scale, max(1, hw[1] // 8), cfg.cutmix), None
+
+
+def render(images: torch.Tensor, normalize, batch: torch.Tensor, v: Views, sel) -> tuple[torch.Tensor, torch.Tensor]:
+    """(views, un-mixed views) of rows `sel` of `batch`; a CutMix partner may be any row of the batch."""
+    dev = images.device
+    x = apply_views(normalize(images[batch[sel].to(dev)]), v, sel)
+    if v.mix_perm is None:
+        return x, x
+    src = v.mix_perm[sel]
+    return paste(x, apply_views(normalize(images[batch[src].to(dev)]), v, src), v.mix_box), x
+
+
+def soft_kl(out: torch.Tensor, target_logits: torch.Tensor, tau: float, t2: bool = True) -> torch.Tensor:
+    """Per-sample KL(softmax(target / tau) || softmax(out / tau)), times tau^2 when `t2`."""
+    per = F.kl_div(F.log_softmax(out.float() / tau, 1), F.log_softmax(target_logits.float() / tau, 1),
+                   reduction="none", log_target=True).sum(1)
+    return per * tau * tau if t2 else per
 
 
 def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
@@ -98,13 +137,15 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norma
 def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize, cfg: TrainConfig,
         device: torch.device, *, seed: int = 0, teacher: nn.Module | None = None,
         weights: torch.Tensor | None = None, checkpoint: str | None = None, desc: str = "train",
-        progress: bool = True, loss_fn=None, on_batch=None) -> dict:
+        progress: bool = True, loss_fn=None, on_batch=None, labels_from=None, on_epoch=None) -> dict:
     """Train `model` in place. `images` are uint8 or [0,1] floats; `normalize` maps them to model input.
 
     With `teacher`, the loss is the soft-label KL on the same augmented view (labels are then unused
     except for bookkeeping). `loss_fn(out, labels) -> per-sample loss` replaces cross-entropy (e.g. an
     autoencoder's reconstruction); `on_batch(idx, per_sample_loss)` sees every step's losses (used to
-    score samples during training at no extra cost; under DDP it sees this rank's rows). With `checkpoint`,
+    score samples during training at no extra cost; under DDP it sees this rank's rows). `labels_from` (an
+    FKD label store) replays stored batches, views and teacher logits instead of drawing them; `on_epoch(
+    epochs_done, model)` may return a number (e.g. test accuracy), kept in history["test"]. With `checkpoint`,
     state is saved (by rank 0) at the end of an epoch once CHECKPOINT_S seconds have passed since the last
     save (tiny distilled sets finish an epoch in a fraction of a second), and a rerun resumes from it.
     """
@@ -118,6 +159,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
     model.to(memory_format=mf)
     if teacher is not None:
         teacher.to(device).eval().to(memory_format=mf)
+    hw = tuple(images.shape[-2:])
     images, labels = images.to(device), labels.to(device)
     w = weights.to(device).float() if weights is not None else None
     n = len(labels)
@@ -126,7 +168,6 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
     if n - (steps_per_epoch - 1) * bs < world:  # the last, smallest batch
         raise DDKitError(f"{desc}: a batch of {n - (steps_per_epoch - 1) * bs} images cannot be split over "
                          f"{world} processes; run with fewer")
-    total = cfg.epochs * steps_per_epoch
     opt = (torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
                            weight_decay=cfg.weight_decay) if cfg.optimizer == "sgd" else
            torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
@@ -146,33 +187,32 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
     bar = steps(start, cfg.epochs, desc, unit="epoch", enabled=progress)
     for epoch in bar:
         model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
         tot = 0.0
-        for b in range(steps_per_epoch):
+        batches = labels_from.epoch(epoch) if labels_from is not None else epoch_views(cfg, n, bs, hw, gen)
+        for b, (batch, views, stored) in enumerate(batches):
             if STOP["requested"]:
                 raise DDKitError(f"{desc}: stopped in epoch {epoch}" + ("; its last checkpoint is kept, rerun "
                                                                         "to resume" if checkpoint else ""))
-            batch = perm[b * bs:(b + 1) * bs]
             m = len(batch)
             rows = slice(m * rank // world, m * (rank + 1) // world)
-            idx = batch[rows]
+            idx = batch[rows].to(device)
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * _lr_factor(cfg, epoch * steps_per_epoch + b, total)
-            x = _augment(cfg, normalize(images[idx]), gen, (m, rows) if world > 1 else None)
+                g["lr"] = cfg.lr * lr_factor(cfg, epoch, b, steps_per_epoch)
+            x, plain = render(images, normalize, batch, views, rows)
             x = x.contiguous(memory_format=mf)
             with _amp(device, cfg):
-                out = net(x)
-                if teacher is not None:
+                if cfg.bn_warm:
                     with torch.no_grad():
-                        t = teacher(x)
-                    tau = cfg.temperature
-                    per = F.kl_div(F.log_softmax(out.float() / tau, 1), F.log_softmax(t.float() / tau, 1),
-                                   reduction="none", log_target=True).sum(1) * tau * tau
+                        net(plain.contiguous(memory_format=mf))
+                out = net(x)
+                if stored is not None or teacher is not None:
+                    with torch.no_grad():
+                        t = stored[rows].to(device) if stored is not None else teacher(x)
+                    per = soft_kl(out, t, cfg.temperature, cfg.kl_t2)
                 elif loss_fn is not None:
                     per = loss_fn(out.float(), labels[idx])
                 else:
-                    per = F.cross_entropy(out.float(), labels[idx], reduction="none",
-                                          label_smoothing=cfg.label_smoothing)
+                    per = _cross_entropy(out.float(), labels, batch, views, rows, cfg, hw)
                 # sum / global batch size, times world because DDP averages the ranks' gradients
                 loss = (per * w[idx] if w is not None else per).sum() * world / m
             step_loss = dist.all_sum(loss.detach().clone()).item() / world  # every rank sees a NaN together
@@ -186,6 +226,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             if on_batch is not None:
                 on_batch(idx, per.detach())
         history["loss"].append(tot / steps_per_epoch)
+        if on_epoch is not None and (value := on_epoch(epoch + 1, model)) is not None:
+            history.setdefault("test", []).append([epoch + 1, value])
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
         if checkpoint and rank == 0 and (clock() - saved >= CHECKPOINT_S or epoch + 1 == cfg.epochs):
             saved = clock()
@@ -195,3 +237,15 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
     bar.close()
     model.eval()
     return {**history, "resumed_s": before}  # training time spent by interrupted attempts, up to their checkpoint
+
+
+def _cross_entropy(out, labels, batch, v: Views, rows, cfg: TrainConfig, hw) -> torch.Tensor:
+    """Per-sample CE; under CutMix, the two images' labels weighted by their areas in the view."""
+    ce = F.cross_entropy(out, labels[batch[rows].to(out.device)], reduction="none",
+                         label_smoothing=cfg.label_smoothing)
+    if v.mix_perm is None:
+        return ce
+    lam = v.mix_lam(*hw)
+    partner = labels[batch[v.mix_perm[rows]].to(out.device)]
+    return lam * ce + (1 - lam) * F.cross_entropy(out, partner, reduction="none",
+                                                  label_smoothing=cfg.label_smoothing)

@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import tempfile
@@ -78,6 +79,11 @@ def tensor_hash(t: torch.Tensor, n: int = 16) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:n]
 
 
+def model_hash(model: torch.nn.Module, n: int = 12) -> str:
+    """Content hash of a model's weights and buffers (names a teacher, or an ensemble of them)."""
+    return stable_hash([tensor_hash(v) for v in model.state_dict().values()], n)
+
+
 def cache_dir() -> Path:
     root = Path(os.environ.get("DDKIT_CACHE", Path.home() / ".cache" / "ddkit"))
     root.mkdir(parents=True, exist_ok=True)
@@ -141,3 +147,37 @@ def save_json(obj: Any, path: str | os.PathLike) -> None:
 
 def asdict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+
+
+def parse_overrides(config_cls, overrides: dict[str, Any], base=None, what: str = "this method"):
+    """Build a Config (a copy of `base`, or the defaults) from string overrides, converting by each field's
+    current value's type."""
+    cfg = dataclasses.replace(base) if base is not None else config_cls()
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for key, raw in overrides.items():
+        if key not in fields:
+            raise DDKitError(f"unknown setting {key!r} for {what}; known: {', '.join(fields)}")
+        cur = getattr(cfg, key)
+        try:
+            if not isinstance(raw, str):
+                val = raw
+            elif isinstance(cur, bool):
+                if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(raw)
+                val = raw.lower() in ("1", "true", "yes")
+            elif isinstance(cur, tuple):
+                val = tuple(type(cur[0])(v) for v in raw.split(","))
+            elif cur is None:
+                val = raw
+            else:
+                val = type(cur)(raw)
+                if isinstance(val, float) and not math.isfinite(val):
+                    raise ValueError(raw)
+        except ValueError:
+            expected = "a finite number" if isinstance(cur, float) else type(cur).__name__
+            raise DDKitError(f"bad value {raw!r} for setting {key!r} (expected {expected})") from None
+        allowed = getattr(config_cls, "CHOICES", {}).get(key)
+        if allowed and val not in allowed:
+            raise DDKitError(f"bad value {raw!r} for setting {key!r}; choose from {', '.join(allowed)}")
+        setattr(cfg, key, val)
+    return cfg

@@ -6,8 +6,6 @@ so groups are independent: finished groups are never redone on resume, and ranks
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..data import ImageData
-from ..utils import DDKitError
+from ..utils import DDKitError, parse_overrides  # noqa: F401  (parse_overrides: the methods' API)
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -72,39 +70,6 @@ def build_method(name: str, overrides: dict[str, str] | None = None) -> Method:
         raise DDKitError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
     cls = METHODS[name]
     return cls(parse_overrides(cls.Config, overrides or {}))
-
-
-def parse_overrides(config_cls, overrides: dict[str, Any]):
-    """Build a Config from string overrides, converting by each field's default's type."""
-    cfg = config_cls()
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    for key, raw in overrides.items():
-        if key not in fields:
-            raise DDKitError(f"unknown setting {key!r} for this method; known: {', '.join(fields)}")
-        cur = getattr(cfg, key)
-        try:
-            if not isinstance(raw, str):
-                val = raw
-            elif isinstance(cur, bool):
-                if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError(raw)
-                val = raw.lower() in ("1", "true", "yes")
-            elif isinstance(cur, tuple):
-                val = tuple(type(cur[0])(v) for v in raw.split(","))
-            elif cur is None:
-                val = raw
-            else:
-                val = type(cur)(raw)
-                if isinstance(val, float) and not math.isfinite(val):
-                    raise ValueError(raw)
-        except ValueError:
-            expected = "a finite number" if isinstance(cur, float) else type(cur).__name__
-            raise DDKitError(f"bad value {raw!r} for setting {key!r} (expected {expected})") from None
-        allowed = getattr(config_cls, "CHOICES", {}).get(key)
-        if allowed and val not in allowed:
-            raise DDKitError(f"bad value {raw!r} for setting {key!r}; choose from {', '.join(allowed)}")
-        setattr(cfg, key, val)
-    return cfg
 
 
 def need_images(ctx: Context, c: int, k: int) -> torch.Tensor:

@@ -1,0 +1,155 @@
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddkit.augment import apply_views, draw_views, resize_center_crop
+from ddkit.distill import DistillConfig, distill
+from ddkit.evaluate import EvalConfig, evaluate_set
+from ddkit.models import build_model
+from ddkit.protocols import PRESETS, Protocol, ipc_batch_size, label_robustness, preset
+from ddkit.rundir import read_run
+from ddkit.train import TrainConfig, config_id, fit, lr_factor, render, soft_kl, student_recipe, teacher_recipe
+from ddkit.utils import DDKitError
+
+
+def test_the_ddkit_preset_is_todays_student_recipe_and_keeps_its_result_keys():
+    assert PRESETS["ddkit"].train_config(300, 10, 10) == student_recipe(300)
+    # the keys of the committed CIFAR-10 benchmark results (bench/results/cifar10/random_ipc10.json)
+    assert EvalConfig().key("convnet3") == "convnet3/soft/e300-d94676"
+    assert EvalConfig(label_mode="hard").key("convnet3") == "convnet3/hard/e300-b0fc26"
+    assert EvalConfig(protocol=Protocol(batch_size=16)).key("convnet3").startswith("convnet3/soft/e300-")
+    assert EvalConfig(protocol=preset("ddkit", {"weight_decay": "0"})).key("c").startswith("c/soft/ddkit/e300-")
+    keys = {EvalConfig(protocol=preset(n)).key("c") for n in PRESETS}
+    assert len(keys) == 4 and "c/soft/rded/e300-" in "".join(keys)
+    assert EvalConfig(teachers=("a", "b")).key("c") != EvalConfig().key("c")   # an ensemble is another labeler
+
+
+def test_presets_pin_their_schedules():
+    rded = preset("rded").train_config(8, 10, 10)
+    assert (rded.optimizer, rded.lr, rded.weight_decay, rded.temperature, rded.kl_t2, rded.cutmix) == \
+        ("adamw", 1e-3, 0.01, 20.0, False, 1.0)
+    # RDED: 0.5 (1 + cos(pi e / 2E)), set per epoch: 1 at the start, constant within an epoch, ends above 0.5
+    assert lr_factor(rded, 0, 0, 5) == lr_factor(rded, 0, 4, 5) == 1.0
+    assert lr_factor(rded, 4, 3, 5) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    last = lr_factor(rded, 7, 4, 5)
+    assert last == pytest.approx(0.5 * (1 + math.cos(7 * math.pi / 16))) and last > 0.5
+    sre2l = preset("sre2l").train_config(8, 10, 10)
+    assert lr_factor(sre2l, 4, 2, 5) == pytest.approx(0.5) and sre2l.temperature == 20 and not sre2l.kl_t2
+    ddk = preset("ddkit").train_config(8, 10, 10)   # per step, to 0
+    assert lr_factor(ddk, 4, 0, 5) == pytest.approx(0.5) and lr_factor(ddk, 4, 1, 5) < 0.5
+    ddr = preset("ddranking").train_config(8, 10, 10)
+    assert (ddr.lr, ddr.weight_decay, ddr.temperature, ddr.cutmix, ddr.schedule, ddr.aug, ddr.batch_size) == \
+        (0.01, 0.01, 20.0, 1.0, "cosine", "none", 256)
+    assert PRESETS["sre2l"].soft_labels == "fkd" and PRESETS["rded"].eval_every == 10
+    assert PRESETS["ddranking"].eval_every == 20
+
+
+def test_batch_size_by_ipc_follows_rded():
+    assert [ipc_batch_size(i, 10) for i in (1, 5, 10, 20, 50, 100)] == [10, 10, 50, 50, 100, 100]
+    assert [ipc_batch_size(i, 100) for i in (1, 10, 50)] == [20, 100, 200]
+    assert preset("rded").train_config(300, 50, 10).batch_size == 100
+    assert preset("rded", {"batch_size": "25"}).train_config(300, 50, 10).batch_size == 25
+
+
+def test_protocol_overrides_are_typed_and_bad_ones_are_one_line_errors():
+    p = preset("rded", {"lr": "0.002", "rrc_scale": "0.2,1", "cutmix": "0", "bn_warm": "false"})
+    assert (p.lr, p.rrc_scale, p.cutmix, p.bn_warm, p.name) == (0.002, (0.2, 1.0), 0.0, False, "rded")
+    assert PRESETS["rded"].lr == 1e-3                      # the preset itself is untouched
+    for bad, msg in [({"nope": "1"}, "unknown setting 'nope' for protocol rded"),
+                     ({"schedule": "linear"}, "choose from"), ({"lr": "fast"}, "bad value")]:
+        with pytest.raises(DDKitError, match=msg):
+            preset("rded", bad)
+    with pytest.raises(DDKitError, match="unknown protocol"):
+        preset("edc")
+
+
+def test_a_training_option_added_later_leaves_teacher_cache_keys_alone():
+    assert set(config_id(teacher_recipe())) == {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
+                                                "label_smoothing", "aug", "rrc_scale", "temperature",
+                                                "channels_last", "amp"}
+    assert config_id(TrainConfig(cutmix=1.0))["cutmix"] == 1.0
+
+
+def test_cutmix_pastes_one_box_of_a_partner_view():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 16, 16)
+    v = draw_views("rrc", 6, 16, 16, g, (0.5, 1.0), cutmix=1.0)
+    x, plain = render(images, lambda t: t, torch.arange(6), v, slice(None))
+    x1, y1, x2, y2 = v.mix_box.tolist()
+    inside = torch.zeros(16, 16, dtype=torch.bool)
+    inside[y1:y2, x1:x2] = True
+    partner = apply_views(images[v.mix_perm], v, v.mix_perm)
+    assert torch.equal(x[..., inside], partner[..., inside]) and torch.equal(x[..., ~inside], plain[..., ~inside])
+    assert v.mix_lam(16, 16) == pytest.approx(1 - inside.float().mean().item())
+    assert sorted(v.mix_perm.tolist()) == list(range(6))
+
+
+def test_soft_kl_with_and_without_the_t2_factor():
+    out, t = torch.randn(4, 3), torch.randn(4, 3)
+    ref = (F.softmax(t / 20, 1) * (F.log_softmax(t / 20, 1) - F.log_softmax(out / 20, 1))).sum(1)
+    torch.testing.assert_close(soft_kl(out, t, 20.0, t2=False), ref)
+    torch.testing.assert_close(soft_kl(out, t, 20.0, t2=True), ref * 400)
+
+
+def test_hard_labels_under_cutmix_mix_the_two_classes_by_area():
+    torch.manual_seed(0)
+    m = build_model("convnet3", 2, 8)
+    x, y = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
+    losses = []
+    cfg = TrainConfig(epochs=1, batch_size=2, aug="none", cutmix=1.0, lr=0.0, optimizer="adamw")
+    fit(m, x, y, lambda t: t, cfg, torch.device("cpu"), progress=False, on_batch=lambda idx, per: losses.append(per))
+    gen = torch.Generator().manual_seed(0)   # fit's draws: the epoch's order, then the batch's views
+    order = torch.randperm(2, generator=gen)
+    v = draw_views("none", 2, 8, 8, gen, cutmix=1.0)
+    xm, _ = render(x, lambda t: t, order, v, slice(None))
+    m.train()
+    with torch.no_grad():
+        out = m(xm)
+    lam = v.mix_lam(8, 8)
+    ref = lam * F.cross_entropy(out, y[order], reduction="none") + \
+        (1 - lam) * F.cross_entropy(out, y[order][v.mix_perm], reduction="none")
+    torch.testing.assert_close(losses[0], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_bn_warm_adds_a_no_grad_forward_of_the_unmixed_views():
+    calls = []
+    m = build_model("convnet3", 2, 8)
+    m.register_forward_hook(lambda mod, inp, out: calls.append(torch.is_grad_enabled()))
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 0, 1])
+    fit(m, x, y, lambda t: t, TrainConfig(epochs=1, batch_size=2, aug="rrc", cutmix=1.0, bn_warm=True),
+        torch.device("cpu"), progress=False)
+    assert calls == [False, True, False, True]
+
+
+def test_test_views_resize_then_centre_crop_and_are_identity_at_cifar_scale():
+    from torchvision.transforms.v2 import functional as TF
+    x32 = torch.rand(2, 3, 32, 32)
+    assert torch.equal(resize_center_crop(x32, 32), x32)      # 32 // 7 * 8 = 32, as RDED's CIFAR runs
+    x64 = torch.rand(2, 3, 64, 64)
+    ref = TF.center_crop(TF.resize(x64, [72], antialias=True), [64, 64])
+    torch.testing.assert_close(resize_center_crop(x64, 64), ref, atol=1e-5, rtol=0)
+
+
+def test_label_robustness_uses_fractions():
+    r = label_robustness(syn_soft=0.5, syn_hard=0.3, random_soft=0.45, real_hard=0.8)
+    assert r["hlr"] == pytest.approx(0.5) and r["ior"] == pytest.approx(0.05)
+    alpha = 0.5 * 0.05 - 0.5 * 0.5
+    assert r["lrs"] == pytest.approx((math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1)))
+    assert label_robustness(0.8, 0.8, 0.8, 0.8)["lrs"] == pytest.approx((1 - math.exp(-1)) / (math.e - math.exp(-1)))
+    with pytest.raises(DDKitError, match="fractions in .0, 1. here, got syn_soft=50.0, syn_hard=30.0"):
+        label_robustness(50.0, 30.0, 45.0, 80.0)
+
+
+def test_rded_protocol_records_final_and_best_epoch_and_saves_itself(eval_inputs, dataset, tmp_path):
+    test, teacher = eval_inputs
+    run = distill(DistillConfig(method="random", ipc=4, data=str(dataset)), tmp_path / "run", "cpu", progress=False)
+    cfg = EvalConfig(seeds=1, epochs=4, protocol=preset("rded", {"eval_every": "2"}))
+    (key, r), = evaluate_set(read_run(run), test, teacher, cfg, torch.device("cpu"), run=run, progress=False).items()
+    assert key.startswith("convnet3/soft/rded/e4-") and r["best_selected_on_test"]["mean"] >= r["mean"]
+    entry = json.loads((run / "metrics.json").read_text())["evaluation"][key]
+    seed = entry["seeds"]["0"]
+    assert seed["best_epoch"] in (2, 4) and seed["tested_every"] == 2
+    assert entry["config"]["protocol"]["name"] == "rded" and entry["train"]["batch_size"] == 10  # IPC 4
