@@ -54,6 +54,7 @@ def test_ddranking_metrics_from_stored_results(dataset, teacher_path, tmp_path, 
     (["distill", "--method", "random", "--ipc", "99", "--data", "{data}", "--out", "{tmp}/r"], "fewer than IPC"),
     (["teacher", "--data", "{data}", "--arch", "vgg99", "--epochs", "1"], "unknown architecture"),
     (["evaluate", "{tmp}/norun", "--data", "{data}"], "not found"),
+    (["evaluate", "--full", "--data", "{data}", "--labels", "hard", "--epochs", "0"], "must be at least 1"),
     (["evaluate", "--full", "--data", "{data}", "--labels", "hard", "--protocol", "edc"], "unknown protocol"),
     (["evaluate", "--full", "--data", "{data}", "--labels", "hard", "--pset", "lr"], "--pset expects key=value"),
 ])

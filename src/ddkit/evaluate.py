@@ -120,8 +120,8 @@ def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, c
         raise DDKitError(f"unknown label mode {cfg.label_mode!r}; choose soft or hard")
     if cfg.label_mode == "soft" and teacher is None:
         raise DDKitError("soft-label evaluation needs a teacher (--teacher CHECKPOINT), or use --labels hard")
-    if cfg.seeds < 1:
-        raise DDKitError("--seeds must be at least 1")
+    if cfg.seeds < 1 or cfg.epochs < 1:
+        raise DDKitError(f"--seeds and --epochs must be at least 1, got {cfg.seeds} and {cfg.epochs}")
     labels = align_classes(ds, test.classes)
     weights = None
     if cfg.use_weights and ds.weights is not None:
