@@ -228,7 +228,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
         history["loss"].append(tot / steps_per_epoch)
         if on_epoch is not None and (value := on_epoch(epoch + 1, model)) is not None:
             history.setdefault("test", []).append([epoch + 1, value])
-        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+        bar.set_postfix(loss=f"{history['loss'][-1]:.4g}")
         if checkpoint and rank == 0 and (clock() - saved >= CHECKPOINT_S or epoch + 1 == cfg.epochs):
             saved = clock()
             save_torch({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
