@@ -86,12 +86,6 @@ def _settings(pairs: list[str], flag: str = "--set") -> dict[str, str]:
     return out
 
 
-def table(rows: list[dict], cols: list[str]) -> str:
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def cmd_teacher(a) -> None:
     from .data import load_splits, load_subset_file
     from .teacher import train_teacher
@@ -110,7 +104,7 @@ def cmd_teacher(a) -> None:
     _, ck = train_teacher(train, test, a.arch, recipe, a.seed, dist.local_device(resolve_device(a.device)),
                           a.out, use_cache=not a.no_cache, progress=not a.quiet)
     if dist.is_main():
-            print(json.dumps({"teacher": ck["path"], "arch": ck["arch"], "test_acc": ck.get("test_acc"),
+        print(json.dumps({"teacher": ck["path"], "arch": ck["arch"], "test_acc": ck.get("test_acc"),
                           "train_time_s": ck.get("train_time_s"), "cached": ck["cached"]}))
 
 
@@ -156,6 +150,7 @@ def _load_eval_inputs(data: str | None, teachers: list[str] | None, weights: lis
 
 def _print_results(title: str, results: dict) -> None:
     from .evaluate import mean_std
+    from .report import table
     rows = [{"protocol": k, "accuracy %": mean_std(r), "seeds": r["n"],
              "best epoch % (selected on test)": mean_std(r.get("best_selected_on_test")),
              "s/seed": r["wall_s_per_seed"],

@@ -15,7 +15,7 @@ from .distill import DistillConfig, distill
 from .evaluate import EvalConfig, evaluate_set
 from .methods import METHODS
 from .protocols import Protocol
-from .report import write_report
+from .report import table, write_report
 from .rundir import DistilledSet, read_json, read_run
 from .teacher import load_checkpoint, train_teacher
 from .train import teacher_recipe
@@ -27,7 +27,6 @@ SETTINGS = {"sre2l": {"iterations": "300"}, "delt": {"iterations": "200", "round
 
 
 def run_demo(out: str | Path = "runs/demo", device: str = "auto", progress: bool = True) -> list[dict]:
-    from .cli import table
     out, dev = Path(out), resolve_device(device)
     t_start = time.time()
     train, test = load_splits("digits")

@@ -15,6 +15,13 @@ from .utils import atomic_path
 MAX_PER_ROW = 20
 
 
+def table(rows: list[dict], cols: list[str]) -> str:
+    """A markdown table of `rows` (dicts) in the order of `cols`; missing cells stay empty."""
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def image_grid(run: Path, out: Path) -> None:
     ds = read_run(run)
     rows = []
