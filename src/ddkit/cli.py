@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from . import dist
+from .train import TEACHER_RECIPES
 from .utils import DDKitError, check_output, request_stop, save_json, tune_malloc
 
 
@@ -100,7 +101,8 @@ def cmd_teacher(a) -> None:
     train, test = load_splits(a.data, a.test_data, on_bad_image=a.on_bad_image)
     if a.subset:
         train = load_subset_file(a.subset, train)
-    recipe = dataclasses.replace(teacher_recipe(a.epochs), lr=a.lr) if a.lr else teacher_recipe(a.epochs)
+    recipe = teacher_recipe(a.epochs, a.recipe)
+    recipe = dataclasses.replace(recipe, lr=a.lr) if a.lr else recipe
     _, ck = train_teacher(train, test, a.arch, recipe, a.seed, dist.local_device(resolve_device(a.device)),
                           a.out, use_cache=not a.no_cache, progress=not a.quiet)
     if dist.is_main():
@@ -285,7 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-data", help="test ImageFolder if not <data>/test")
     p.add_argument("--arch", default="convnet3")
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--lr", type=positive_float, default=None)
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--recipe", default="default", choices=list(TEACHER_RECIPES),
+                   help="training recipe: default (SGD 0.1, batch 256) or airnet (SGD 0.4, batch 512, for --arch "
+                   "airnet); both one-cycle, label smoothing 0.2, translate+flip")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--subset", help="index file from `ddkit select`")
     p.add_argument("--out", help="also copy the checkpoint here")
