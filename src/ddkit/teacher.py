@@ -201,7 +201,9 @@ def _weights_per(paths: list[str], weights: list[str] | None) -> list[str | None
 
 
 class Ensemble(nn.Module):
-    """Several teachers as one: the mean of their logits (G-VBSM/EDC multi-teacher relabelling)."""
+    """Several teachers as one: the mean of their logits (G-VBSM/EDC multi-teacher relabelling). Pixel
+    optimisation uses the members in turn (ddkit.engine.recover); penultimate features (models.embed) are
+    the last member's."""
 
     def __init__(self, members: list[nn.Module]):
         super().__init__()
