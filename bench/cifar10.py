@@ -25,8 +25,8 @@ from ddkit.distill import DistillConfig, distill, diversity
 from ddkit.evaluate import EvalConfig, evaluate_set, summarize_entry
 from ddkit.report import write_report
 from ddkit.rundir import read_json, read_run, update_metrics
-from ddkit.teacher import load_checkpoint
-from ddkit.utils import atomic_path, resolve_device, save_json, tune_malloc
+from ddkit.teacher import load_checkpoint, load_teachers
+from ddkit.utils import atomic_path, listed, model_hash, resolve_device, save_json, tune_malloc
 
 ROOT = Path(__file__).resolve().parent
 # Synthesis budgets (method defaults unless listed). Stated in the table.
@@ -67,7 +67,7 @@ def make_run(name, ipc, a, dev, teacher, test, runs: Path | None = None) -> tupl
         (f"_seed{a.distill_seed}" if a.distill_seed else "")
     run = (runs or a.out / "runs") / tag
     if not (run / "data.pt").is_file():
-        distill(DistillConfig(method=method_of(name), ipc=ipc, data=a.data, teacher=str(a.teacher),
+        distill(DistillConfig(method=method_of(name), ipc=ipc, data=a.data, teacher=teacher_arg(a.teacher),
                               subset=a.subset, seed=a.distill_seed, settings=settings), run, dev,
                 progress=not a.quiet)
     if read_json(run / "metrics.json").get("diversity_cos") is None:   # a run made without a teacher
@@ -167,11 +167,23 @@ def draws_table(rows: list[dict], key: str) -> list[str]:
             "| set | draws | acc % | per draw (seed 0, 1, …) |", "|---|---|---|---|", *lines]
 
 
+def teacher_arg(teacher) -> str | list[str]:
+    """A --teacher value for DistillConfig: one path as a string (the run keys of one teacher stay as they
+    were), several as a list (an ensemble)."""
+    paths = [str(p) for p in teacher] if isinstance(teacher, (list, tuple)) else [str(teacher)]
+    return paths[0] if len(paths) == 1 else paths
+
+
 def load_inputs(a, dev) -> tuple:
-    """(teacher, test split normalised with its statistics); sets a.teacher_info for the table."""
-    teacher, ck = load_checkpoint(a.teacher, device=dev)
-    a.teacher_info = f"{ck['arch']} {100 * ck['test_acc']:.1f} % test" if ck.get("test_acc") else ck["arch"]
+    """(teacher or ensemble, test split normalised with its statistics); sets a.teacher_info,
+    a.teacher_acc (the first teacher's) and a.teacher_ids (members' hashes: part of an ensemble's
+    evaluation keys) for the tables."""
+    paths = listed(teacher_arg(a.teacher))
+    teacher, ck = load_teachers(paths, device=dev)
+    infos = [(c["arch"], c.get("test_acc")) for c in [ck] + [load_checkpoint(p)[1] for p in paths[1:]]]
+    a.teacher_info = " + ".join(f"{arch} {100 * acc:.1f} % test" if acc else arch for arch, acc in infos)
     a.teacher_acc = ck.get("test_acc")
+    a.teacher_ids = tuple(model_hash(m) for m in teacher.members) if len(paths) > 1 else ()
     return teacher, load_data(a.data, "test", stats=(tuple(ck["mean"]), tuple(ck["std"])))
 
 

@@ -31,50 +31,60 @@ from ddkit.protocols import PRESETS, label_robustness, preset
 from ddkit.rundir import DistilledSet, read_json, read_run
 from ddkit.utils import atomic_path, resolve_device, save_json, tune_malloc
 
-SETS = {"random": [0, 1], "rded": [0, 1], "e2d": [0], "delt": [0], "sre2l": [0]}   # name -> synthesis draws
+SETS = {"random": [0, 1], "rded": [0, 1], "e2d": [0], "delt": [0], "sre2l": [0], "ddoq": [0]}  # name -> draws
+ARCHS = ("convnet3", "resnet18")   # students
 # Published CIFAR-10 IPC10 figures (docs/methods.md), best epoch as those papers report it
 PUBLISHED = {"rded": "RDED, ConvNet-3: 50.2", "delt": "DELT, ResNet-18m: 43.0 (RDED on it: 37.1)"}
 HARD = "ddranking"   # the protocol whose hard-label runs give HLR
 
 
-def configs(a, name: str, labels: str) -> EvalConfig:
-    return EvalConfig(seeds=a.seeds, label_mode=labels, epochs=a.epochs, protocol=preset(name))
+def configs(a, name: str, labels: str, arch: str = "convnet3") -> EvalConfig:
+    return EvalConfig(archs=(arch,), seeds=a.seeds, label_mode=labels, epochs=a.epochs, protocol=preset(name),
+                      teachers=a.teacher_ids if labels == "soft" else ())
+
+
+def cell(p: str, labels: str, arch: str) -> str:
+    """A row's results key: `rded/soft` for ConvNet-3 students (the rows' first format), `rded/soft/resnet18`."""
+    return f"{p}/{labels}" + ("" if arch == "convnet3" else f"/{arch}")
 
 
 def evaluate_row(tag: str, run: Path, a, dev, teacher, test) -> dict:
     ds = read_run(run)
-    for p in a.protocols:
-        evaluate_set(ds, test, teacher, configs(a, p, "soft"), dev, run=run, progress=not a.quiet)
-    if HARD in a.protocols:
-        evaluate_set(ds, test, None, configs(a, HARD, "hard"), dev, run=run, progress=not a.quiet)
+    for arch in a.archs:
+        for p in a.protocols:
+            evaluate_set(ds, test, teacher, configs(a, p, "soft", arch), dev, run=run, progress=not a.quiet)
+        if HARD in a.protocols:
+            evaluate_set(ds, test, None, configs(a, HARD, "hard", arch), dev, run=run, progress=not a.quiet)
     return row_of(tag, run, a)
 
 
 def row_of(tag: str, run: Path, a) -> dict:
-    """A row from the run's stored evaluations: every protocol at --epochs, with the seeds stored so far;
-    `ddkit` cells the run lacks come from bench/cifar10.py's result of the same set (see earlier_ddkit)."""
+    """A row from the run's stored evaluations: every protocol and student at --epochs, with the seeds
+    stored so far; `ddkit` cells the run lacks come from bench/cifar10.py's result of the same set (see
+    earlier_ddkit)."""
     d, m = read_json(run / "config.json")["distill"], read_json(run / "metrics.json")
     results = {}
-    for p in PRESETS:
-        for labels in ("soft", "hard"):
-            key = configs(a, p, labels).key("convnet3")
-            e = m.get("evaluation", {}).get(key)
-            if e and e["seeds"]:
-                results[f"{p}/{labels}"] = summarize_entry(e)
-            elif p == "ddkit" and (earlier := earlier_ddkit(tag, key, m.get("diversity_cos"))):
-                results[f"{p}/{labels}"] = earlier
+    for arch in ARCHS:
+        for p in PRESETS:
+            for labels in ("soft", "hard"):
+                key = configs(a, p, labels, arch).key(arch)
+                e = m.get("evaluation", {}).get(key)
+                if e and e["seeds"]:
+                    results[cell(p, labels, arch)] = summarize_entry(e)
+                elif p == "ddkit" and (earlier := earlier_ddkit(a.runs.parent, tag, key, m.get("diversity_cos"))):
+                    results[cell(p, labels, arch)] = earlier
     return {"set": tag, "method": tag.split("_ipc")[0], "draw": d["seed"], "results": results}
 
 
-def earlier_ddkit(tag: str, key: str, fingerprint) -> dict | None:
-    """bench/cifar10.py's stored ddkit-protocol result of this set (README's main table), when that
-    benchmark evaluated the same set: same tag and seed, and the same teacher-feature diversity to 4
-    decimals (a fingerprint of the images; another draw or synthesis differs there). Saves re-training
-    students whose result is already measured; marked with its source."""
-    old = read_json(ROOT / "results" / "cifar10" / f"{tag}.json")
+def earlier_ddkit(folder: Path, tag: str, key: str, fingerprint) -> dict | None:
+    """bench/cifar10.py's stored ddkit-protocol result of this set (its rows beside the --runs folder),
+    when that benchmark evaluated the same set: same tag and seed, and the same teacher-feature diversity
+    to 4 decimals (a fingerprint of the images and the teacher; another draw, synthesis or teacher differs
+    there). Saves re-training students whose result is already measured; marked with its source."""
+    old = read_json(folder / f"{tag}.json")
     if fingerprint is None or old.get("diversity_cos") != round(fingerprint, 4) or key not in old.get("results", {}):
         return None
-    return {**old["results"][key], "source": f"bench/results/cifar10/{tag}.json"}
+    return {**old["results"][key], "source": str((folder / f"{tag}.json").relative_to(ROOT.parent))}
 
 
 def full_hard(a, dev, test, train_now: bool) -> dict | None:
@@ -97,7 +107,8 @@ def full_hard(a, dev, test, train_now: bool) -> dict | None:
 
 
 def markdown(rows: list[dict], full: dict | None, a) -> str:
-    protos = [p for p in PRESETS if any(f"{p}/soft" in r["results"] for r in rows)]
+    cols = [(p, arch) for arch in ARCHS for p in PRESETS if any(cell(p, "soft", arch) in r["results"] for r in rows)]
+    names = {c: c[0] + ("" if c[1] == "convnet3" else f" {c[1]}") for c in cols}
 
     def acc(r, k):
         return r["results"].get(k, {}).get("mean")
@@ -105,19 +116,20 @@ def markdown(rows: list[dict], full: dict | None, a) -> str:
     def floor(k):  # random real: the mean over its synthesis draws
         vals = [acc(r, k) for r in rows if r["method"] == "random" and acc(r, k) is not None]
         return statistics.fmean(vals) if vals else None
-    head = ["set"] + [f"{p} % (n)" for p in protos] + [f"Δ vs random ({p})" for p in protos] + ["gains most under"]
+    head = ["set"] + [f"{names[c]} % (n)" for c in cols] + [f"Δ vs random ({names[c]})" for c in cols] + \
+        ["gains most under"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells, deltas = [r["set"]], {}
-        for p in protos:
-            e = r["results"].get(f"{p}/soft")
+        for c in cols:
+            e = r["results"].get(cell(c[0], "soft", c[1]))
             cells.append(f"{mean_std(e)} (n={e['n']})" if e else "")
-        for p in protos:
-            f, v = floor(f"{p}/soft"), acc(r, f"{p}/soft")
+        for c in cols:
+            f, v = floor(cell(c[0], "soft", c[1])), acc(r, cell(c[0], "soft", c[1]))
             if f is not None and v is not None:
-                deltas[p] = v - f
-            cells.append(f"{deltas[p]:+.2f}" if p in deltas else "")
-        cells.append(max(deltas, key=deltas.get) if deltas and r["method"] != "random" else "")
+                deltas[names[c]] = v - f
+            cells.append(f"{deltas[names[c]]:+.2f}" if names[c] in deltas else "")
+        cells.append(max(deltas, key=deltas.get) if len(deltas) > 1 and r["method"] != "random" else "")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Δ vs random: against the mean of the random-real draws under the same protocol. Final-epoch "
               "accuracy, mean ± std over n student seeds, one synthesis draw per row."]
@@ -130,7 +142,8 @@ def markdown(rows: list[dict], full: dict | None, a) -> str:
     if store:
         lines += ["", f"sre2l protocol FKD label store: {statistics.fmean(store) / 1e6:.2f} MB per set "
                   f"({a.epochs} epochs of views and fp16 logits)."]
-    lines += ["", f"Students: ConvNet-3, {a.epochs} epochs; protocols as in README § Protocols. "
+    lines += ["", f"Students: {', '.join(sorted({c[1] for c in cols}))}, {a.epochs} epochs; protocols as in README "
+              f"§ Protocols. "
               f"Teacher: {a.teacher_info}."]
     return "\n".join(lines)
 
@@ -166,9 +179,11 @@ def _published_table(rows) -> list[str]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent.parent / "shared" / "datasets" / "cifar10"))
-    ap.add_argument("--teacher", type=Path, default=ROOT / "teacher_convnet3_cifar10.pt")
-    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    ap.add_argument("--teacher", type=Path, nargs="+", default=[ROOT / "teacher_convnet3_cifar10.pt"],
+                    help="several: the sets are distilled against their ensemble and students learn its mean logits")
+    ap.add_argument("--sets", nargs="+", default=[s for s in SETS if s != "ddoq"], choices=list(SETS))
     ap.add_argument("--protocols", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    ap.add_argument("--archs", nargs="+", default=["convnet3"], choices=ARCHS, help="students")
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300)
