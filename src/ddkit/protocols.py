@@ -19,7 +19,7 @@ much as on the images (docs/methods.md §6). Presets, each overridable field by 
   epochs (its `test_interval`), recorded beside the final one. Its flaws are left out: one lr for hard and
   soft labels (no search on test accuracy), final epoch reported, seeded students.
 - `edc`: EDC's CIFAR-10 student (NeurIPS 2024): AdamW 1e-3 wd 0.01, batch 25, LR x0.5 at 80, 90 and 95 % of
-  training set per epoch (its MultiStepLR at epochs 800/900/950 of 1000), loss MSE(student logits, teacher
+  training, set per epoch (its MultiStepLR at epochs 800/900/950 of 1000), loss MSE(student logits, teacher
   logits) + 0.025 CE(student logits, the set's labels) with no temperature, torchvision RandAugment(2, 9)
   per image before RRC(0.08-1)+flip, an EMA (decay 0.99, every step, from the initial weights) of the
   student's parameters that is what gets tested, with the trained model's BatchNorm statistics; 1000
