@@ -25,3 +25,25 @@ def test_shards_see_the_rows_of_the_whole_batch_view():
         whole = aug(x, torch.Generator().manual_seed(3), None)
         parts = [aug(x[r], torch.Generator().manual_seed(3), (10, r)) for r in (slice(0, 4), slice(4, 10))]
         torch.testing.assert_close(torch.cat(parts), whole)
+
+
+def test_randaugment_draws_are_reproducible_from_the_seed_and_the_same_on_every_shard():
+    from ddkit.augment import draw_views, rand_augment
+    x = (torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    plain = draw_views("rrc", 6, 16, 16, torch.Generator().manual_seed(1))
+    v = draw_views("rrc", 6, 16, 16, torch.Generator().manual_seed(1), randaug=(2, 9))
+    assert torch.equal(v.boxes, plain.boxes) and torch.equal(v.flips, plain.flips)   # drawn last
+    assert plain.ra_seeds is None and torch.equal(rand_augment(x, plain, slice(None)), x)
+    out = rand_augment(x, v, slice(None))
+    torch.manual_seed(123)   # the global generator's state does not matter, and is left as it was
+    state = torch.get_rng_state()
+    again = rand_augment(x, draw_views("rrc", 6, 16, 16, torch.Generator().manual_seed(1), randaug=(2, 9)),
+                         slice(None))
+    assert torch.equal(out, again) and torch.equal(torch.get_rng_state(), state)
+    parts = torch.cat([rand_augment(x[r], v, r) for r in (slice(0, 2), slice(2, 6))])
+    assert torch.equal(parts, out) and out.dtype == torch.uint8
+    other = rand_augment(x, draw_views("rrc", 6, 16, 16, torch.Generator().manual_seed(2), randaug=(2, 9)),
+                         slice(None))
+    assert not torch.equal(other, out) and not torch.equal(out, x)
+    floats = rand_augment(x.float() / 255, v, slice(None))   # synthetic sets are floats in [0, 1]
+    assert floats.dtype == torch.float32 and 0 <= floats.min() and floats.max() <= 1

@@ -48,6 +48,23 @@ def test_ddranking_metrics_from_stored_results(dataset, teacher_path, tmp_path, 
     assert "run `ddkit evaluate" in capsys.readouterr().err
 
 
+def test_edc_protocol_from_the_cli_records_final_and_best_after_80_percent(dataset, teacher_path, tmp_path, capsys):
+    from ddkit.cli import _eval_config, build_parser
+    epochs = {n: _eval_config(build_parser().parse_args(["evaluate", "r", "--protocol", n]), ()).epochs
+              for n in ("edc", "ddkit")}
+    assert epochs == {"edc": 1000, "ddkit": 300}   # edc's own default, unless --epochs says otherwise
+    run = tmp_path / "run"
+    assert main(["distill", "--method", "random", "--ipc", "2", "--data", str(dataset), "--teacher", str(teacher_path),
+                 "--out", str(run), "--quiet"]) == 0
+    assert main(["evaluate", str(run), "--protocol", "edc", "--epochs", "2", "--seeds", "1", "--quiet"]) == 0
+    assert "convnet3/soft/edc/e2-" in capsys.readouterr().out
+    (key, entry), = json.loads((run / "metrics.json").read_text())["evaluation"].items()
+    seed = entry["seeds"]["0"]
+    assert "/edc/e2-" in key and 0 <= seed["acc"] <= 1 and seed["best_acc_selected_on_test"] >= seed["acc"]
+    assert (seed["best_epoch"], seed["tested_every"], seed["tested_after_epoch"]) == (2, 10, 1)
+    assert entry["config"]["protocol"]["name"] == "edc" and entry["train"]["randaug_ops"] == 2
+
+
 @pytest.mark.parametrize("argv, message", [
     (["distill", "--method", "nope", "--ipc", "1", "--data", "{data}", "--out", "{tmp}/r"], "unknown method"),
     (["distill", "--method", "random", "--ipc", "1", "--data", "{tmp}/missing", "--out", "{tmp}/r"], "not found"),
@@ -55,7 +72,7 @@ def test_ddranking_metrics_from_stored_results(dataset, teacher_path, tmp_path, 
     (["teacher", "--data", "{data}", "--arch", "vgg99", "--epochs", "1"], "unknown architecture"),
     (["evaluate", "{tmp}/norun", "--data", "{data}"], "not found"),
     (["evaluate", "--full", "--data", "{data}", "--labels", "hard", "--epochs", "0"], "must be at least 1"),
-    (["evaluate", "--full", "--data", "{data}", "--labels", "hard", "--protocol", "edc"], "unknown protocol"),
+    (["evaluate", "--full", "--data", "{data}", "--labels", "hard", "--protocol", "nope"], "unknown protocol"),
     (["evaluate", "--full", "--data", "{data}", "--labels", "hard", "--pset", "lr"], "--pset expects key=value"),
 ])
 def test_bad_input_is_one_line_and_nonzero(argv, message, dataset, tmp_path):

@@ -95,3 +95,21 @@ def test_weighted_loss_in_fit_scales_each_sample():
     m = build_model("convnet3", 2, 8)
     fit(m, x, y, lambda t: t, cfg, torch.device("cpu"), weights=torch.tensor([1.0, 1.0, 0.0, 0.0]), progress=False)
     assert (m(x).argmax(1) == 0).all()
+
+
+def test_edc_records_the_final_ema_accuracy_and_the_best_after_80_percent(eval_inputs, dataset, tmp_path,
+                                                                          monkeypatch):
+    import ddkit.evaluate
+    from ddkit.protocols import preset
+    test, teacher = eval_inputs
+    run = distill(DistillConfig(method="random", ipc=2, data=str(dataset)), tmp_path / "run", "cpu", progress=False)
+    tested, real = [], ddkit.evaluate.accuracy
+    monkeypatch.setattr(ddkit.evaluate, "accuracy", lambda model, *a: tested.append(model) or real(model, *a))
+    cfg = EvalConfig(seeds=1, epochs=5, protocol=preset("edc", {"eval_every": "1", "best_after": "0.6"}))
+    (key, r), = evaluate_set(read_run(run), test, teacher, cfg, torch.device("cpu"), run=run, progress=False).items()
+    assert key.startswith("convnet3/soft/edc/e5-") and r["best_selected_on_test"]["mean"] >= r["mean"]
+    assert len(tested) == 2    # after epoch 4 (the only test past 60 % of 5) and at the end
+    entry = json.loads((run / "metrics.json").read_text())["evaluation"][key]
+    seed = entry["seeds"]["0"]
+    assert seed["best_epoch"] in (4, 5) and seed["tested_after_epoch"] == 3 and seed["tested_every"] == 1
+    assert (entry["train"]["ema"], entry["train"]["soft_loss"], entry["train"]["batch_size"]) == (0.99, "mse", 25)

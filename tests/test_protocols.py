@@ -9,9 +9,10 @@ from ddkit.augment import apply_views, draw_views, resize_center_crop
 from ddkit.distill import DistillConfig, distill
 from ddkit.evaluate import EvalConfig, evaluate_set
 from ddkit.models import build_model
-from ddkit.protocols import PRESETS, Protocol, ipc_batch_size, label_robustness, preset
+from ddkit.protocols import DEFAULT_EPOCHS, PRESETS, Protocol, ipc_batch_size, label_robustness, preset
 from ddkit.rundir import read_run
-from ddkit.train import TrainConfig, config_id, fit, lr_factor, render, soft_kl, student_recipe, teacher_recipe
+from ddkit.train import (TrainConfig, config_id, fit, lr_factor, render, soft_kl, soft_loss, student_recipe,
+                         teacher_recipe)
 from ddkit.utils import DDKitError
 
 
@@ -23,7 +24,7 @@ def test_the_ddkit_preset_is_todays_student_recipe_and_keeps_its_result_keys():
     assert EvalConfig(protocol=Protocol(batch_size=16)).key("convnet3").startswith("convnet3/soft/e300-")
     assert EvalConfig(protocol=preset("ddkit", {"weight_decay": "0"})).key("c").startswith("c/soft/ddkit/e300-")
     keys = {EvalConfig(protocol=preset(n)).key("c") for n in PRESETS}
-    assert len(keys) == 4 and "c/soft/rded/e300-" in "".join(keys)
+    assert len(keys) == len(PRESETS) == 5 and "c/soft/rded/e300-" in "".join(keys)
     assert EvalConfig(teachers=("a", "b")).key("c") != EvalConfig().key("c")   # an ensemble is another labeler
 
 
@@ -47,6 +48,64 @@ def test_presets_pin_their_schedules():
     assert PRESETS["ddranking"].eval_every == 20
 
 
+def test_the_edc_preset_pins_its_schedule():
+    edc = preset("edc").train_config(100, 10, 10)
+    assert (edc.optimizer, edc.lr, edc.weight_decay, edc.batch_size, edc.aug, edc.rrc_scale, edc.cutmix) == \
+        ("adamw", 1e-3, 0.01, 25, "rrc", (0.08, 1.0), 0.0)
+    assert (edc.soft_loss, edc.ce_weight, edc.ema, edc.randaug_ops, edc.randaug_magnitude) == ("mse", 0.025, 0.99, 2, 9)
+    # x0.5 at 80, 90 and 95 % of training, set per epoch (EDC's MultiStepLR at 800/900/950 of 1000 epochs)
+    assert [lr_factor(edc, e, b, 4) for e, b in ((0, 0), (79, 3), (81, 0), (91, 2), (96, 1), (99, 3))] == \
+        [1.0, 1.0, 0.5, 0.25, 0.125, 0.125]
+    e1000 = preset("edc").train_config(1000, 10, 10)
+    assert [lr_factor(e1000, e, 0, 4) for e in (799, 800, 899, 900, 949, 950)] == [1, 0.5, 0.5, 0.25, 0.25, 0.125]
+    p = PRESETS["edc"]
+    assert (p.eval_every, p.best_after, p.test_resize, DEFAULT_EPOCHS) == (10, 0.8, True, {"edc": 1000})
+    # the other presets keep their loss, augmentation and weights: the new fields' defaults are ddkit's
+    assert all(not {"soft_loss", "ce_weight", "ema", "randaug_ops", "milestones", "best_after"} & set(q.changes())
+               for n, q in PRESETS.items() if n != "edc")
+
+
+def test_the_edc_loss_is_mse_on_the_logits_plus_0025_ce_on_the_sets_labels():
+    class Fixed(torch.nn.Module):   # logits independent of the image, so the loss can be worked out by hand
+        def __init__(self, logits):
+            super().__init__()
+            self.b = torch.nn.Parameter(torch.tensor(logits))
+
+        def forward(self, x):
+            return self.b.expand(len(x), -1) + 0 * x.mean()
+    losses = []
+    cfg = TrainConfig(epochs=1, batch_size=2, aug="none", optimizer="adamw", lr=0.0, soft_loss="mse", ce_weight=0.025)
+    fit(Fixed([2.0, 0.0]), torch.rand(2, 3, 4, 4), torch.tensor([0, 1]), lambda t: t, cfg, torch.device("cpu"),
+        teacher=Fixed([1.0, 1.0]), progress=False, on_batch=lambda idx, per: losses.append((idx, per)))
+    (idx, per), = losses
+    # MSE: ((2 - 1)^2 + (0 - 1)^2) / 2 = 1; CE of logits (2, 0): log(1 + e^-2) = 0.126928 for class 0, 2.126928 for 1
+    expect = {0: 1 + 0.025 * 0.1269280110, 1: 1 + 0.025 * 2.1269280110}
+    torch.testing.assert_close(per, torch.tensor([expect[int(i)] for i in idx]))
+    out, t = torch.randn(5, 4), torch.randn(5, 4)   # its batch mean is EDC's F.mse_loss of the logits
+    torch.testing.assert_close(soft_loss(out, t, cfg).mean(), F.mse_loss(out, t))
+    assert soft_loss(out, t, TrainConfig(temperature=4.0)).allclose(soft_kl(out, t, 4.0))
+
+
+def test_students_under_edc_augmentation_are_reproducible_from_their_seed(tmp_path):
+    x, y = torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    cfg = preset("edc").train_config(1, 2, 3)
+
+    def train(seed):
+        torch.manual_seed(0)
+        m = build_model("convnet3", 3, 8)
+        fit(m, x, y, lambda t: t, cfg, torch.device("cpu"), seed=seed, progress=False)
+        return torch.cat([v.flatten() for v in m.state_dict().values() if v.is_floating_point()])
+    assert torch.equal(train(0), train(0)) and not torch.equal(train(0), train(1))
+
+
+def test_fkd_label_stores_refuse_randaugment_views(tmp_path, eval_inputs):
+    from ddkit.fkd import label_store
+    test, teacher = eval_inputs
+    cfg = preset("edc", {"soft_labels": "fkd"}).train_config(2, 2, 3)
+    with pytest.raises(DDKitError, match="do not record RandAugment"):
+        label_store(tmp_path, test.images, test.normalize, teacher, cfg, torch.device("cpu"), progress=False)
+
+
 def test_batch_size_by_ipc_follows_rded():
     assert [ipc_batch_size(i, 10) for i in (1, 5, 10, 20, 50, 100)] == [10, 10, 50, 50, 100, 100]
     assert [ipc_batch_size(i, 100) for i in (1, 10, 50)] == [20, 100, 200]
@@ -63,7 +122,9 @@ def test_protocol_overrides_are_typed_and_bad_ones_are_one_line_errors():
         with pytest.raises(DDKitError, match=msg):
             preset("rded", bad)
     with pytest.raises(DDKitError, match="unknown protocol"):
-        preset("edc")
+        preset("nope")
+    with pytest.raises(DDKitError, match=r"protocol edc: ema=1.0, milestones=\(0.8, 1.5\) out of range"):
+        preset("edc", {"ema": "1", "milestones": "0.8,1.5"}).train_config(10, 10, 10)
 
 
 def test_a_training_option_added_later_leaves_teacher_cache_keys_alone():

@@ -3,7 +3,7 @@ import torch
 
 import ddkit.train
 from ddkit.models import build_model
-from ddkit.train import TrainConfig, fit
+from ddkit.train import TrainConfig, fit, weight_ema
 from ddkit.utils import STOP, DDKitError, load_torch
 
 
@@ -38,11 +38,12 @@ class Clock:
         return self.t
 
 
-def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [{}, {"ema": 0.9, "randaug_ops": 2}])  # the EMA is resumed too
+def test_training_resumes_from_its_checkpoint_to_the_same_weights(extra, tmp_path, monkeypatch):
     monkeypatch.setattr(ddkit.train, "CHECKPOINT_S", 0.0)  # save every epoch
     monkeypatch.setattr(ddkit.train, "clock", Clock(1.0))
     x, y = _data()
-    cfg = TrainConfig(epochs=4, batch_size=4, aug="rrc")
+    cfg = TrainConfig(epochs=4, batch_size=4, aug="rrc", **extra)
     torch.manual_seed(0)
     ref = build_model("convnet3", 2, 8)
     fit(ref, x, y, lambda t: t, cfg, torch.device("cpu"), progress=False)
@@ -85,3 +86,52 @@ def test_checkpoints_are_rate_limited_but_the_last_epoch_is_saved(seconds_per_re
     fit(build_model("convnet3", 2, 8), x, y, lambda t: t, TrainConfig(epochs=5, batch_size=8), torch.device("cpu"),
         checkpoint=str(tmp_path / "ck.pt"), progress=False)
     assert saves == expected  # instant epochs: one save, at the end; slow ones: one per epoch
+
+
+def _bn_net():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
+
+
+def test_an_ema_with_decay_0_is_the_raw_model_and_keeps_its_bn_statistics():
+    x, y = _data()
+    torch.manual_seed(0)
+    m = _bn_net()
+    fresh = {k: v.clone() for k, v in m.state_dict().items()}
+    ema0, ema9 = weight_ema(m, 0.0), weight_ema(m, 0.9)
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+        ema0.update_parameters(m)
+        ema9.update_parameters(m)
+    live = m.state_dict()
+    assert all(torch.equal(v, live[k]) for k, v in ema0.module.state_dict().items())
+    for k, v in ema9.module.state_dict().items():   # buffers follow the live model, weights lag behind
+        assert torch.equal(v, live[k]) == (k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert not torch.equal(live["1.running_mean"], fresh["1.running_mean"])
+
+
+def test_fit_with_ema_ends_with_the_step_by_step_ema_of_the_weights():
+    x, y = _data()
+    torch.manual_seed(0)
+    m = _bn_net()
+    names = [k for k, _ in m.named_parameters()]
+    ema = {k: v.detach().clone() for k, v in m.named_parameters()}   # EDC's EMA starts at the initial weights
+    seen = []
+
+    def step(idx, per):   # after each optimiser step: fold the new weights in by hand
+        for k, v in m.named_parameters():
+            ema[k] = 0.75 * ema[k] + 0.25 * v.detach()
+        seen.append({k: v.clone() for k, v in m.state_dict().items()})
+    tested = []
+    cfg = TrainConfig(epochs=3, batch_size=4, aug="none", optimizer="adamw", lr=0.05, ema=0.75)
+    fit(m, x, y, lambda t: t, cfg, torch.device("cpu"), progress=False, on_batch=step,
+        on_epoch=lambda e, model: tested.append(model))
+    assert len(seen) == 6 and all(t is tested[0] and t is not m for t in tested)   # the EMA is what gets tested
+    final = m.state_dict()
+    for k in names:
+        torch.testing.assert_close(final[k], ema[k])
+        assert not torch.equal(final[k], seen[-1][k])
+    assert torch.equal(final["1.running_var"], seen[-1]["1.running_var"])   # the trained model's BN statistics

@@ -3,7 +3,8 @@
 Crops are batched: one call crops every image with its own box and resizes it to the output size
 (bilinear `grid_sample`, or torchvision's `roi_align` when downsizing), and it is differentiable, so
 the same code serves student training (real or synthetic images) and synthesis (gradients flow back
-to the pixels).
+to the pixels). RandAugment (torchvision's, per image, seeded from the batch's draws) runs on the stored
+images before normalisation, as the peers apply it to their PIL images.
 
 `shard=(batch, rows)`: x holds only `rows` of a batch of `batch` images. The random numbers are drawn for
 the whole batch and then sliced, so data-parallel ranks keep their generators in step and together
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
+from torchvision.transforms.v2 import RandAugment
 
 
 def sample_boxes(n: int, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
@@ -113,6 +115,8 @@ class Views:
     pad: int = 0                          # reflect padding before cropping (translate)
     mix_perm: torch.Tensor | None = None  # [m] CutMix: view i takes its patch from view mix_perm[i]
     mix_box: torch.Tensor | None = None   # [4] int64 (x1, y1, x2, y2) of the pasted patch
+    ra_seeds: torch.Tensor | None = None  # [m] int64: the seed of each view's RandAugment ops and signs
+    ra: tuple[int, int] = (0, 9)          # RandAugment (num_ops, magnitude)
 
     def mix_lam(self, h: int, w: int) -> float:
         """Fraction of each mixed view that is still its own image (CutMix's lambda)."""
@@ -121,9 +125,10 @@ class Views:
 
 
 def draw_views(aug: str, n: int, h: int, w: int, generator: torch.Generator | None = None,
-               scale=(0.5, 1.0), pad: int = 4, cutmix: float = 0.0) -> Views:
+               scale=(0.5, 1.0), pad: int = 4, cutmix: float = 0.0, randaug: tuple[int, int] = (0, 9)) -> Views:
     """Draw a batch's augmentation: `rrc` (RandomResizedCrop + flip), `translate` (pad-crop + flip) or
-    `none`, then CutMix (beta `cutmix` > 0: one box and one pairing for the batch, as RDED/SRe2L do)."""
+    `none`, then CutMix (beta `cutmix` > 0: one box and one pairing for the batch, as RDED/SRe2L do), then
+    RandAugment (`randaug` = (num_ops > 0, magnitude): one seed per view, see rand_augment)."""
     if aug == "rrc":
         v = Views(sample_boxes(n, h, w, scale, generator=generator))
     elif aug == "translate":
@@ -141,7 +146,23 @@ def draw_views(aug: str, n: int, h: int, w: int, generator: torch.Generator | No
         v.mix_box = torch.tensor([max(cx - cut_w // 2, 0), max(cy - cut_h // 2, 0),
                                   min(cx + cut_w // 2, w), min(cy + cut_h // 2, h)])
         v.mix_perm = torch.randperm(n, generator=generator)
+    if randaug[0] > 0:  # drawn last: the other draws stay where they were without it
+        v.ra_seeds, v.ra = torch.randint(2 ** 62, (n,), generator=generator), tuple(randaug)
     return v
+
+
+def rand_augment(x: torch.Tensor, v: Views, sel) -> torch.Tensor:
+    """torchvision's RandAugment(num_ops, magnitude) on each stored image of rows `sel` (uint8, or floats in
+    [0, 1]; before normalisation). It draws from torch's global generator, so each image runs under a fork
+    of it seeded with its view's seed: the same view on every rank and rerun, whatever else ran before."""
+    if v.ra_seeds is None:
+        return x
+    op, out = RandAugment(*v.ra), []
+    for img, seed in zip(x, v.ra_seeds[sel].tolist()):
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            out.append(op(img))
+    return torch.stack(out)
 
 
 def apply_views(x: torch.Tensor, v: Views, sel) -> torch.Tensor:

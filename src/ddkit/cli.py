@@ -49,9 +49,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-data", help="test ImageFolder for the students if not <data>/test (or val/)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--labels", choices=["soft", "hard"], default="soft")
-    p.add_argument("--epochs", type=int, default=300, help="student epochs")
+    p.add_argument("--epochs", type=int, help="student epochs (default: the protocol's: 1000 for edc, else 300)")
     p.add_argument("--protocol", default="ddkit", help="student-training protocol: ddkit, rded, sre2l, "
-                   "ddranking (see README, Protocols)")
+                   "ddranking, edc (see README, Protocols)")
     p.add_argument("--pset", action="append", metavar="KEY=VALUE", help="protocol field, repeatable "
                    "(e.g. lr=0.002, cutmix=0)")
     p.add_argument("--batch-size", type=int, help="student batch (default: the protocol's)")
@@ -70,10 +70,11 @@ def _teacher_args(p: argparse.ArgumentParser, help: str, several: bool = False) 
 
 def _eval_config(a, teacher_ids: tuple[str, ...]):
     from .evaluate import EvalConfig
-    from .protocols import preset
+    from .protocols import DEFAULT_EPOCHS, preset
     fields = _settings(a.pset, "--pset")
     fields.update({k: v for k, v in (("batch_size", a.batch_size), ("temperature", a.temperature)) if v is not None})
-    return EvalConfig(archs=tuple(a.arch), seeds=a.seeds, label_mode=a.labels, epochs=a.epochs,
+    epochs = a.epochs if a.epochs is not None else DEFAULT_EPOCHS.get(a.protocol, 300)
+    return EvalConfig(archs=tuple(a.arch), seeds=a.seeds, label_mode=a.labels, epochs=epochs,
                       use_weights=not a.no_weights, protocol=preset(a.protocol, fields), teachers=teacher_ids)
 
 

@@ -3,8 +3,9 @@
 How students are trained is a named protocol (ddkit.protocols: `ddkit`, the default, or a peer's), saved
 with every result and part of its key: `soft` = KL to the teacher('s ensemble) on each view, online or
 replayed from stored FKD labels; `hard` = cross-entropy on the class labels; per-image weights (DDOQ)
-scale the loss when present. The reported number is the final-epoch accuracy, mean ± std over seeds; a
-protocol whose paper reports its best epoch also records that, labelled as selected on the test set.
+scale the loss when present. The reported number is the final-epoch accuracy (of the weight EMA where the
+protocol keeps one: edc), mean ± std over seeds; a protocol whose paper reports its best epoch also records
+that (edc: only after 80 % of training), labelled as selected on the test set.
 Each finished (arch, seed) is stored at once, so a rerun skips it.
 """
 from __future__ import annotations
@@ -99,12 +100,14 @@ def stored_summary(run: str | Path, cfg: EvalConfig, arch: str) -> dict:
 
 
 def _best(hist: dict, final_acc: float, cfg: EvalConfig) -> dict:
-    """The best of the every-N-epochs test accuracies and the final one, for protocols whose papers report
-    it; named for what it is: selected on the test set."""
-    if not cfg.protocol.eval_every:
+    """The best of the every-N-epochs test accuracies (after best_after of training) and the final one, for
+    protocols whose papers report it; named for what it is: selected on the test set."""
+    p = cfg.protocol
+    if not p.eval_every:
         return {}
     epoch, acc = max(hist.get("test", []) + [[cfg.epochs, final_acc]], key=lambda r: r[1])
-    return {"best_acc_selected_on_test": acc, "best_epoch": epoch, "tested_every": cfg.protocol.eval_every}
+    return {"best_acc_selected_on_test": acc, "best_epoch": epoch, "tested_every": p.eval_every,
+            **({"tested_after_epoch": int(p.best_after * cfg.epochs)} if p.best_after else {})}
 
 
 def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, cfg: EvalConfig,
@@ -138,7 +141,8 @@ def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, c
         return accuracy(model, test.images, test.labels, test_norm, device)
 
     def every(epochs_done: int, model):  # the best-epoch record (_best adds the final epoch)
-        return test_acc(model) if epochs_done % p.eval_every == 0 and epochs_done < cfg.epochs else None
+        due = epochs_done % p.eval_every == 0 and p.best_after * cfg.epochs < epochs_done < cfg.epochs
+        return test_acc(model) if due else None
     results = {}
     stored = read_json(Path(run) / "metrics.json").get("evaluation", {}) if run else {}
     on = f" on {Path(run).name}" if run else ""  # which set, in a log of many evaluations

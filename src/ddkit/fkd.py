@@ -52,6 +52,8 @@ class LabelStore:
 def label_store(root: str | Path, images: torch.Tensor, normalize, teacher: nn.Module, cfg: TrainConfig,
                 device: torch.device, seed: int = 0, progress: bool = True) -> LabelStore:
     """The FKD store of (images, cfg's schedule, teacher, seed) under `root`, made or completed first."""
+    if cfg.randaug_ops:
+        raise DDKitError("FKD label stores do not record RandAugment draws; use soft_labels=online with RandAugment")
     n, hw = len(images), tuple(images.shape[-2:])
     bs = min(cfg.batch_size, n)
     manifest = {"format": FORMAT, "n": n, "batch_size": bs, "pad": max(1, hw[1] // 8) if cfg.aug == "translate"

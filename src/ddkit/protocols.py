@@ -18,11 +18,22 @@ much as on the images (docs/methods.md §6). Presets, each overridable field by 
   augmented batch (logits averaged over an ensemble: `--teacher A B`); it reports the best of every 20
   epochs (its `test_interval`), recorded beside the final one. Its flaws are left out: one lr for hard and
   soft labels (no search on test accuracy), final epoch reported, seeded students.
+- `edc`: EDC's CIFAR-10 student (NeurIPS 2024): AdamW 1e-3 wd 0.01, batch 25, LR x0.5 at 80, 90 and 95 % of
+  training, set per epoch (its MultiStepLR at epochs 800/900/950 of 1000), loss MSE(student logits, teacher
+  logits) + 0.025 CE(student logits, the set's labels) with no temperature, torchvision RandAugment(2, 9)
+  per image before RRC(0.08-1)+flip, an EMA (decay 0.99, every step, from the initial weights) of the
+  student's parameters that is what gets tested, with the trained model's BatchNorm statistics; 1000
+  epochs (DEFAULT_EPOCHS); the best EMA test accuracy every 10 epochs after 80 % of training is recorded
+  beside the final one (labelled as selected on test).
 
 Not given by the peers' descriptions and chosen by ddkit (state them with results): RRC scale (0.08, 1)
 (torchvision's default, which RDED's and SRe2L's code use) for rded/sre2l; the IPC batch rule for sre2l
 (SRe2L's ImageNet batch of 1024 would be one step per epoch at CIFAR IPC10); per-step cosine and no T^2
-for ddranking; IPC values between the table's rows take the next row down (IPC 5 -> 10).
+for ddranking; IPC values between the table's rows take the next row down (IPC 5 -> 10). For edc: batch 25
+(ddkit's spec of EDC's CIFAR-10 runs; at IPC1 it is the whole 10-image set, as its CIFAR-10 script's batch
+10), RandAugment drawn per image and seeded from the student's seed, CutMix off (its CIFAR-10 script passes
+a CutMix flag, its paper's protocol does not list it: `--pset cutmix=1`), test views as rded (identity at
+32 px).
 """
 from __future__ import annotations
 
@@ -38,13 +49,13 @@ from .utils import DDKitError, parse_overrides
 @dataclass
 class Protocol:
     """How students are trained and tested. A new protocol's knobs (e.g. EDC's weight EMA, MSE + CE loss,
-    RandAugment, step LR) become fields whose defaults are ddkit's behaviour, so existing presets and the
+    RandAugment, step LR) are fields whose defaults are ddkit's behaviour, so existing presets and the
     keys of stored results (see changes) stay as they are."""
     name: str = "ddkit"
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.01
-    schedule: str = "cosine"        # cosine (to 0) | half_cosine (ends at 0.5) | onecycle
+    schedule: str = "cosine"        # cosine (to 0) | half_cosine (ends at 0.5) | onecycle | step (see milestones)
     lr_by_epoch: bool = False       # LR set once per epoch (the peers' LambdaLR) instead of per step
     batch_size: int = 64            # 0: by IPC (RDED's table, see ipc_batch_size)
     aug: str = "rrc"                # rrc (RandomResizedCrop + flip) | none
@@ -56,9 +67,17 @@ class Protocol:
     soft_labels: str = "online"     # online (teacher on every view) | fkd (stored views and logits, replayed)
     test_resize: bool = False       # test views Resize(s // 7 * 8) + CenterCrop(s) instead of as stored
     eval_every: int = 0             # > 0: also test every N epochs; the best is reported as selected on test
+    best_after: float = 0.0         # ... only after this fraction of training (EDC: 0.8)
+    milestones: tuple[float, ...] = (0.8, 0.9, 0.95)  # `step`: LR x0.5 at each of these fractions of training
+    soft_loss: str = "kl"           # kl (at temperature) | mse (on the logits: EDC)
+    ce_weight: float = 0.0          # + this times CE on the set's labels, with soft labels (EDC: 0.025)
+    ema: float = 0.0                # > 0: an EMA of the weights with this decay is trained along and tested
+    randaug_ops: int = 0            # torchvision RandAugment(ops, magnitude) per image before the crop; 0 = off
+    randaug_magnitude: int = 9
 
-    CHOICES: ClassVar[dict] = {"schedule": ("cosine", "half_cosine", "onecycle"), "aug": ("rrc", "none"),
-                               "soft_labels": ("online", "fkd"), "optimizer": ("adamw", "sgd")}
+    CHOICES: ClassVar[dict] = {"schedule": ("cosine", "half_cosine", "onecycle", "step"), "aug": ("rrc", "none"),
+                               "soft_labels": ("online", "fkd"), "optimizer": ("adamw", "sgd"),
+                               "soft_loss": ("kl", "mse")}
     # ddkit's EvalConfig had these three as its own fields: keys of results made with only them changed
     # stay what they were (see EvalConfig.key)
     LEGACY: ClassVar[tuple] = ("batch_size", "lr", "temperature")
@@ -71,11 +90,18 @@ class Protocol:
                 if f.name != "name" and getattr(self, f.name) != getattr(base, f.name)}
 
     def train_config(self, epochs: int, ipc: int, num_classes: int) -> TrainConfig:
+        bad = [f"{k}={getattr(self, k)}" for k in ("ema", "best_after") if not 0 <= getattr(self, k) < 1]
+        bad += [f"milestones={self.milestones}"] if not all(0 < m <= 1 for m in self.milestones) else []
+        if bad:
+            raise DDKitError(f"protocol {self.name}: {', '.join(bad)} out of range (fractions: ema and best_after "
+                             "in [0, 1), milestones in (0, 1])")
         return TrainConfig(epochs=epochs, batch_size=self.batch_size or ipc_batch_size(ipc, num_classes),
                            optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
                            schedule=self.schedule, aug=self.aug, rrc_scale=tuple(self.rrc_scale),
                            temperature=self.temperature, lr_by_epoch=self.lr_by_epoch, cutmix=self.cutmix,
-                           kl_t2=self.kl_t2, bn_warm=self.bn_warm)
+                           kl_t2=self.kl_t2, bn_warm=self.bn_warm, milestones=tuple(self.milestones),
+                           soft_loss=self.soft_loss, ce_weight=self.ce_weight, ema=self.ema,
+                           randaug_ops=self.randaug_ops, randaug_magnitude=self.randaug_magnitude)
 
 
 _PEER = dict(lr=1e-3, weight_decay=0.01, batch_size=0, rrc_scale=(0.08, 1.0), cutmix=1.0, temperature=20.0,
@@ -86,7 +112,12 @@ PRESETS: dict[str, Protocol] = {
     "sre2l": Protocol(name="sre2l", schedule="cosine", lr_by_epoch=True, soft_labels="fkd", **_PEER),
     "ddranking": Protocol(name="ddranking", schedule="cosine", eval_every=20,
                           **{**_PEER, "lr": 0.01, "batch_size": 256, "aug": "none", "test_resize": False}),
+    "edc": Protocol(name="edc", batch_size=25, schedule="step", lr_by_epoch=True, rrc_scale=(0.08, 1.0),
+                    randaug_ops=2, randaug_magnitude=9, soft_loss="mse", ce_weight=0.025, ema=0.99,
+                    test_resize=True, eval_every=10, best_after=0.8),
 }
+# student epochs where a preset's paper trains longer than ddkit's 300 (`ddkit evaluate --epochs` overrides)
+DEFAULT_EPOCHS = {"edc": 1000}
 
 
 def preset(name: str, overrides: dict | None = None) -> Protocol:

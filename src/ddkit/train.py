@@ -3,10 +3,13 @@
 Images live on the device as one tensor (uint8 real data or float synthetic data in [0, 1]) and are
 normalised and augmented per batch on the device: no DataLoader workers, no per-image Python.
 Label modes: `hard` (cross-entropy, optional label smoothing), `soft` (KL to a teacher on the same
-augmented view, temperature tau), each optionally weighted per sample (DDOQ cell masses). Soft labels come
+augmented view, temperature tau; or EDC's MSE on the logits, optionally plus a weighted cross-entropy on
+the set's labels), each optionally weighted per sample (DDOQ cell masses). Soft labels come
 from an online teacher (one model or an ensemble) or are replayed, views included, from a stored label file
 (`labels_from`, see ddkit.fkd). Optional per batch: CutMix, the teacher labelling the mixed view (with hard
-labels the two classes' losses are mixed by area).
+labels the two classes' losses are mixed by area), torchvision's RandAugment on the stored images (per image:
+the one Python loop over images). Optional per step: an EMA of the weights (EDC), which is what `on_epoch`
+sees and what the model holds at the end.
 
 Under torchrun, `fit` is data-parallel (DDP): every rank walks the same permutation and draws the same
 augmentation numbers, takes its contiguous share of each global batch, and the loss is scaled so the
@@ -24,8 +27,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from . import dist
-from .augment import Views, apply_views, draw_views, paste
+from .augment import Views, apply_views, draw_views, paste, rand_augment
 from .progress import steps
 from .utils import STOP, DDKitError, load_torch, save_torch
 
@@ -42,7 +46,8 @@ class TrainConfig:
     lr: float = 0.05
     weight_decay: float = 5e-4
     schedule: str = "onecycle"      # onecycle (linear warm-up 20 %, linear decay) | cosine (to 0) |
-    #                                 half_cosine (0.5 (1 + cos(pi t / 2)), ends at 0.5: RDED)
+    #                                 half_cosine (0.5 (1 + cos(pi t / 2)), ends at 0.5: RDED) |
+    #                                 step (x0.5 at each of `milestones`: EDC's MultiStepLR)
     label_smoothing: float = 0.0
     aug: str = "translate"          # translate (pad-crop + flip) | rrc (random-resized-crop + flip) | none
     rrc_scale: tuple[float, float] = (0.5, 1.0)
@@ -53,9 +58,16 @@ class TrainConfig:
     cutmix: float = 0.0             # CutMix beta on every batch (0 = off)
     kl_t2: bool = True              # soft-label KL times tau^2 (Hinton); RDED/SRe2L leave it out
     bn_warm: bool = False           # RDED quirk: a no-grad train-mode forward of the un-mixed views first
+    milestones: tuple[float, ...] = (0.8, 0.9, 0.95)  # fractions of training where `step` halves the LR
+    soft_loss: str = "kl"           # kl (soft_kl) | mse (EDC: mean squared difference of the logits, no tau)
+    ce_weight: float = 0.0          # + this times cross-entropy on the set's labels, with soft labels (EDC 0.025)
+    ema: float = 0.0                # decay of an EMA of the weights, tested instead of them (0 = none; EDC 0.99)
+    randaug_ops: int = 0            # torchvision RandAugment ops per view, before the crop (0 = off; EDC 2)
+    randaug_magnitude: int = 9
 
 
-_ADDED = {"lr_by_epoch": False, "cutmix": 0.0, "kl_t2": True, "bn_warm": False}
+_ADDED = {"lr_by_epoch": False, "cutmix": 0.0, "kl_t2": True, "bn_warm": False, "milestones": (0.8, 0.9, 0.95),
+          "soft_loss": "kl", "ce_weight": 0.0, "ema": 0.0, "randaug_ops": 0, "randaug_magnitude": 9}
 
 
 def config_id(cfg: TrainConfig) -> dict:
@@ -91,6 +103,8 @@ def lr_factor(cfg: TrainConfig, epoch: int, b: int, steps_per_epoch: int) -> flo
         return 0.5 * (1 + math.cos(math.pi * t))
     if cfg.schedule == "half_cosine":
         return 0.5 * (1 + math.cos(math.pi * t / 2))
+    if cfg.schedule == "step":
+        return 0.5 ** sum(t >= m for m in cfg.milestones)
     return t / 0.2 if t < 0.2 else max(0.0, (1 - t) / 0.8)
 
 
@@ -100,17 +114,18 @@ def epoch_views(cfg: TrainConfig, n: int, bs: int, hw: tuple[int, int], gen: tor
     for b in range(0, n, bs):
         batch = perm[b:b + bs]
         # translate: 4 px at 32 px, as airbench
-        yield batch, draw_views(cfg.aug, len(batch), *hw, gen, cfg.rrc_scale, max(1, hw[1] // 8), cfg.cutmix), None
+        yield batch, draw_views(cfg.aug, len(batch), *hw, gen, cfg.rrc_scale, max(1, hw[1] // 8), cfg.cutmix,
+                                (cfg.randaug_ops, cfg.randaug_magnitude)), None
 
 
 def render(images: torch.Tensor, normalize, batch: torch.Tensor, v: Views, sel) -> tuple[torch.Tensor, torch.Tensor]:
     """(views, un-mixed views) of rows `sel` of `batch`; a CutMix partner may be any row of the batch."""
     dev = images.device
-    x = apply_views(normalize(images[batch[sel].to(dev)]), v, sel)
+    x = apply_views(normalize(rand_augment(images[batch[sel].to(dev)], v, sel)), v, sel)
     if v.mix_perm is None:
         return x, x
     src = v.mix_perm[sel]
-    return paste(x, apply_views(normalize(images[batch[src].to(dev)]), v, src), v.mix_box), x
+    return paste(x, apply_views(normalize(rand_augment(images[batch[src].to(dev)], v, src)), v, src), v.mix_box), x
 
 
 def soft_kl(out: torch.Tensor, target_logits: torch.Tensor, tau: float, t2: bool = True) -> torch.Tensor:
@@ -118,6 +133,23 @@ def soft_kl(out: torch.Tensor, target_logits: torch.Tensor, tau: float, t2: bool
     per = F.kl_div(F.log_softmax(out.float() / tau, 1), F.log_softmax(target_logits.float() / tau, 1),
                    reduction="none", log_target=True).sum(1)
     return per * tau * tau if t2 else per
+
+
+def soft_loss(out: torch.Tensor, target_logits: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Per-sample soft-label loss: soft_kl, or (mse) the mean over classes of the squared logit difference,
+    whose batch mean is EDC's F.mse_loss(student logits, teacher logits)."""
+    if cfg.soft_loss == "mse":
+        return (out.float() - target_logits.float()).pow(2).mean(1)
+    return soft_kl(out, target_logits, cfg.temperature, cfg.kl_t2)
+
+
+def weight_ema(model: nn.Module, decay: float) -> AveragedModel:
+    """An EMA of `model`'s parameters (torch's AveragedModel), starting at its current weights as EDC's does.
+    Its buffers (BatchNorm running statistics) are copied from the live model at every update: EDC tests its
+    EMA weights with the trained model's statistics (it swaps parameters only)."""
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+    ema.update_parameters(model)  # the first update copies
+    return ema
 
 
 def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
@@ -150,13 +182,14 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
         progress: bool = True, loss_fn=None, on_batch=None, labels_from=None, on_epoch=None) -> dict:
     """Train `model` in place. `images` are uint8 or [0,1] floats; `normalize` maps them to model input.
 
-    With `teacher`, the loss is the soft-label KL on the same augmented view (labels are then unused
-    except for bookkeeping). `loss_fn(out, labels) -> per-sample loss` replaces cross-entropy (e.g. an
+    With `teacher`, the loss is the soft-label loss (cfg.soft_loss) on the same augmented view (labels then
+    only enter through cfg.ce_weight). `loss_fn(out, labels) -> per-sample loss` replaces cross-entropy (e.g. an
     autoencoder's reconstruction); `on_batch(idx, per_sample_loss)` sees every step's losses (used to
     score samples during training at no extra cost; under DDP it sees this rank's rows). `labels_from` (an
     FKD label store) replays stored batches, views and teacher logits instead of drawing them; `on_epoch(
-    epochs_done, model)` may return a number (e.g. test accuracy), kept in history["test"]. With `checkpoint`,
-    state is saved (by rank 0) at the end of an epoch once CHECKPOINT_S seconds have passed since the last
+    epochs_done, model)` may return a number (e.g. test accuracy), kept in history["test"]. With cfg.ema the
+    model `on_epoch` sees is the EMA, and `model` ends holding the EMA's weights. With `checkpoint`, state
+    is saved (by rank 0) at the end of an epoch once CHECKPOINT_S seconds have passed since the last
     save (tiny distilled sets finish an epoch in a fraction of a second), and a rerun resumes from it.
     """
     if len(labels) == 0:
@@ -181,6 +214,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
     opt = (torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
                            weight_decay=cfg.weight_decay) if cfg.optimizer == "sgd" else
            torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
+    ema = weight_ema(model, cfg.ema) if cfg.ema else None
     start, history, before = 0, {"loss": []}, 0.0
     if checkpoint:
         try:
@@ -191,6 +225,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
             gen.set_state(state["gen"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
             start, history, before = state["epoch"], state["history"], state.get("elapsed_s", 0.0)
     net = _data_parallel(model, device) if world > 1 else model
     saved = began = clock()
@@ -218,7 +254,9 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
                 if stored is not None or teacher is not None:
                     with torch.no_grad():
                         t = stored[rows].to(device) if stored is not None else teacher(x)
-                    per = soft_kl(out, t, cfg.temperature, cfg.kl_t2)
+                    per = soft_loss(out, t, cfg)
+                    if cfg.ce_weight:
+                        per = per + cfg.ce_weight * _cross_entropy(out.float(), labels, batch, views, rows, cfg, hw)
                 elif loss_fn is not None:
                     per = loss_fn(out.float(), labels[idx])
                 else:
@@ -232,19 +270,24 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             tot += step_loss
             if on_batch is not None:
                 on_batch(idx, per.detach())
         history["loss"].append(tot / steps_per_epoch)
-        if on_epoch is not None and (value := on_epoch(epoch + 1, model)) is not None:
+        if on_epoch is not None and (value := on_epoch(epoch + 1, ema.module if ema else model)) is not None:
             history.setdefault("test", []).append([epoch + 1, value])
         bar.set_postfix(loss=f"{history['loss'][-1]:.4g}")
         if checkpoint and rank == 0 and (clock() - saved >= CHECKPOINT_S or epoch + 1 == cfg.epochs):
             saved = clock()
             save_torch({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                         "epoch": epoch + 1, "history": history,
-                        "elapsed_s": before + clock() - began}, checkpoint)
+                        "elapsed_s": before + clock() - began, **({"ema": ema.state_dict()} if ema else {})},
+                       checkpoint)
     bar.close()
+    if ema is not None:  # what the protocol tests
+        model.load_state_dict(ema.module.state_dict())
     model.eval()
     return {**history, "resumed_s": before}  # training time spent by interrupted attempts, up to their checkpoint
 
