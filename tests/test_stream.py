@@ -150,10 +150,24 @@ def test_teacher_distill_and_evaluate_on_stream_data_via_the_cli(photos, stream_
     assert res["n"] == 1 and 0 <= res["mean"] <= 100
 
 
-def test_select_and_the_full_baseline_on_stream_data(photos, tmp_path):
+@pytest.mark.parametrize("method, settings", [("delt", {"iterations": "4", "round_iters": "2"}),
+                                              ("sre2l", {"iterations": "2", "bn_targets": "data"}),
+                                              ("ddoq", {"restarts": "1"})])
+def test_methods_that_read_real_images_run_on_stream_data(photos, stream_teacher, tmp_path, method, settings):
+    from ddkit.distill import DistillConfig, distill
+    cfg = DistillConfig(method=method, ipc=2, data=str(photos), teacher=str(stream_teacher), settings=settings,
+                        data_backend="stream", image_size=16, classes_per_group=2)
+    ds = read_run(distill(cfg, tmp_path / "run", "cpu", progress=False))
+    assert ds.images.shape == (6, 3, 16, 16) and torch.isfinite(ds.images).all()
+
+
+def test_select_and_the_full_baseline_on_stream_data(photos, stream_teacher, tmp_path):
     assert main(["select", "--data", str(photos), "--data-backend", "stream", "--image-size", "16", "--keep", "0.5",
                  "--proxy-epochs", "1", "--out", str(tmp_path / "half.pt"), "--quiet", "--device", "cpu"]) == 0
     assert json.loads((tmp_path / "half.json").read_text())["num_kept"] == 9
+    assert main(["select", "--data", str(photos), "--data-backend", "stream", "--image-size", "16", "--keep", "0.5",
+                 "--criterion", "causal", "--teacher", str(stream_teacher), "--ipc", "2", "--out",
+                 str(tmp_path / "causal.pt"), "--quiet", "--device", "cpu"]) == 0
     assert main(["evaluate", "--full", "--data", str(photos), "--subset", str(tmp_path / "half.pt"), "--labels",
                  "hard", "--epochs", "1", "--seeds", "1", "--data-backend", "stream", "--image-size", "16",
                  "--quiet", "--device", "cpu"]) == 0

@@ -184,10 +184,9 @@ def cmd_evaluate(a) -> None:
     else:
         if not a.run:
             raise DDKitError("give a RUN folder to evaluate, or --full for the full-real-data baseline")
-        config = read_json(Path(a.run) / "config.json")
-        run_cfg = config.get("distill", {})
+        run_cfg = read_json(Path(a.run) / "config.json").get("distill", {})
         cfg_data = a.data or run_cfg.get("data")
-        size = size or config.get("data", {}).get("image_size")  # test at the distilled set's resolution
+        size = size or run_cfg.get("image_size")  # the resolution the set was distilled at, if one was set
         if not a.teacher:  # the run's teacher, with its weights
             a.teacher, a.teacher_weights = ([run_cfg[k]] if run_cfg.get(k) else None
                                             for k in ("teacher", "teacher_weights"))
