@@ -45,6 +45,9 @@ def test_auto_streams_photos_of_mixed_size_and_keeps_same_size_folders_in_memory
     assert isinstance(train, StreamData) and train.image_size == 224 and train.classes == CLASSES
     assert isinstance(open_data(str(dataset)), ImageData)
     assert open_data(str(photos), image_size=16).load(torch.arange(3)).shape == (3, 3, 16, 16)
+    train, test = open_splits(str(photos), image_size=16)  # the test split on the training split's backend
+    assert isinstance(test, StreamData) and (test.image_size, len(test)) == (16, 9)
+    assert (test.mean, test.std) == (train.mean, train.std)
     with pytest.raises(DDKitError, match="--data-backend stream"):
         open_data(str(photos), backend="memory")
     with pytest.raises(DDKitError, match="loaded in memory"):
