@@ -121,3 +121,19 @@ def test_one_class_is_refused_and_a_missing_test_class_is_named(tmp_path):
     with pytest.raises(DDKitError, match=r"test split \(3 classes\) differs from the training split \(3\): "
                                          r"lacks 'frog'; has 'lion' not in it"):
         load_splits(str(tmp_path / "ds"))
+
+
+def test_batches_and_views_of_memory_data_are_the_stored_images(tmp_path):
+    """Downstream code reads memory data through the Images interface: the stored tensor, as before; the
+    peers' test view is what evaluate applied to normalised images before (identity at 32 px and below)."""
+    from ddkit.augment import resize_center_crop
+    make_folder(tmp_path, per_class=2, size=64)
+    d = load_image_folder(tmp_path, cache=False)
+    idx = torch.tensor([5, 0, 3])
+    assert torch.equal(d.load(idx), d.images[idx]) and torch.equal(d.load(idx, "whole"), d.images[idx])
+    assert d.fit_images is d.images
+    assert [len(b) for b in d.batches(None, 4)] == [4, 2]
+    test = torch.cat(list(d.batches(None, 4, "test")))
+    torch.testing.assert_close(d.normalize(test), resize_center_crop(d.normalize(d.images), 64), atol=1e-5, rtol=0)
+    small = load_data("digits", "test")
+    assert next(small.batches(None, 8, "test")).dtype == torch.uint8  # 8 // 7 * 8 == 8: the stored image

@@ -72,7 +72,7 @@ def test_data_bn_stats_are_the_statistics_of_the_whole_pool(teacher_path, datase
     from ddkit.engine import data_bn_stats
     teacher, ck = load_checkpoint(teacher_path)
     pool = load_data(str(dataset), "train", stats=(tuple(ck["mean"]), tuple(ck["std"])))
-    stats = data_bn_stats(teacher, pool.images, pool.normalize, "cpu", batch_size=7)
+    stats = data_bn_stats(teacher, pool.batches(None, 7), pool.normalize, "cpu")
     assert len(stats) == len(BNStatLoss(teacher).bns)
     whole = BNStatLoss(teacher, targets=stats)
     with torch.no_grad():

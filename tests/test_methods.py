@@ -138,8 +138,11 @@ def test_bn_targets_data_are_computed_once_on_the_pruned_pool(dataset, teacher_p
     seen, real = [], opt.data_bn_stats
     readings = iter(range(100))  # an injected clock: every reading one second after the last
     monkeypatch.setattr(opt, "time", types.SimpleNamespace(time=lambda: float(next(readings))))
-    monkeypatch.setattr(opt, "data_bn_stats", lambda model, images, *a: seen.append(len(images)) or
-                        real(model, images, *a))
+    def counted(model, batches, *a):
+        batches = list(batches)
+        seen.append(sum(map(len, batches)))
+        return real(model, batches, *a)
+    monkeypatch.setattr(opt, "data_bn_stats", counted)
     select(str(dataset), SelectConfig(criterion="random", keep=0.5), tmp_path / "half.pt", "cpu")
     distill(DistillConfig(method="sre2l", ipc=2, data=str(dataset), teacher=str(teacher_path),
                           subset=str(tmp_path / "half.pt"), classes_per_group=1,

@@ -25,9 +25,16 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "a line per phase every DDKIT_PROGRESS_S seconds, default 30, and at its end)")
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
+def _data_args(p: argparse.ArgumentParser, size_help: str = "") -> None:
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error",
                    help="an unreadable image stops the command (error), or is left out with a warning (skip)")
+    p.add_argument("--data-backend", choices=["auto", "memory", "stream"], default="auto",
+                   help="memory: decode the split once into one tensor (CIFAR scale); stream: keep a file index "
+                   "and decode lazily with DataLoader workers (ImageNet scale, photos of any size, WebDataset "
+                   "shards). auto: stream for WebDataset shards, for photos of mixed or non-square size (64 "
+                   "sampled headers), or when N x 3 x S x S bytes exceed DDKIT_STREAM_GB (default 8) GB")
+    p.add_argument("--image-size", type=int, help="working resolution S of the real and distilled images "
+                   "(default: the images' own size, or 224 for photos of mixed size)" + size_help)
 
 
 def finite_float(raw: str) -> float:
@@ -89,7 +96,8 @@ def _settings(pairs: list[str], flag: str = "--set") -> dict[str, str]:
 
 
 def cmd_teacher(a) -> None:
-    from .data import load_splits, load_subset_file
+    from .data import load_subset_file
+    from .stream import open_splits
     from .teacher import train_teacher
     from .train import teacher_recipe
     from .utils import resolve_device
@@ -97,9 +105,9 @@ def cmd_teacher(a) -> None:
         return cmd_import(a)
     if not a.data:
         raise DDKitError("ddkit teacher needs --data to train on (or --import SPEC to freeze a pretrained model)")
-    if a.teacher_weights or a.image_size or a.stats:
-        raise DDKitError("--teacher-weights, --image-size and --stats go with --import")
-    train, test = load_splits(a.data, a.test_data, on_bad_image=a.on_bad_image)
+    if a.teacher_weights or a.stats:
+        raise DDKitError("--teacher-weights and --stats go with --import")
+    train, test = open_splits(a.data, a.test_data, a.image_size, a.data_backend, a.on_bad_image)
     if a.subset:
         train = load_subset_file(a.subset, train)
     recipe = teacher_recipe(a.epochs, a.recipe)
@@ -113,13 +121,14 @@ def cmd_teacher(a) -> None:
 
 def cmd_import(a) -> None:
     """`ddkit teacher --import SPEC --out FILE`: freeze a pretrained model into a ddkit checkpoint."""
-    from .data import load_data
+    from .stream import open_data
     from .teacher import import_teacher
     from .utils import save_torch
     if not a.out:
         raise DDKitError("--import needs --out FILE (the ddkit checkpoint to write)")
     check_output(a.out)
-    train = load_data(a.data, "train", on_bad_image=a.on_bad_image) if a.data else None
+    # the data names the classes (and gives --stats data); --image-size is the resolution the import is used at
+    train = open_data(a.data, "train", None, a.data_backend, on_bad_image=a.on_bad_image) if a.data else None
     if a.stats == "data" and train is None:
         raise DDKitError("--stats data needs --data")
     _, ck = import_teacher(a.import_spec, a.teacher_weights, train and train.classes,
@@ -132,18 +141,19 @@ def cmd_import(a) -> None:
 
 
 def _load_eval_inputs(data: str | None, teachers: list[str] | None, weights: list[str] | None, device,
-                      test_data: str | None = None, on_bad_image: str = "error"):
+                      test_data: str | None = None, on_bad_image: str = "error", image_size: int | None = None,
+                      backend: str = "auto"):
     """Test split (DATA's test/ or val/, or --test-data), teacher (several: their ensemble; each a checkpoint
     or a zoo spec) and the members' content hashes; the test set is normalised with the teachers' statistics."""
-    from .data import load_data, load_splits
+    from .stream import open_data, open_splits
     from .teacher import load_teachers
     from .utils import model_hash
     if not data:
         raise DDKitError("no data to evaluate on: pass --data (a dataset name or ImageFolder root)")
     if not teachers:
-        return load_splits(data, test_data, on_bad_image=on_bad_image)[1], None, ()
-    test = load_data(test_data, "train", on_bad_image=on_bad_image) if test_data \
-        else load_data(data, "test", on_bad_image=on_bad_image)
+        return open_splits(data, test_data, image_size, backend, on_bad_image)[1], None, ()
+    test = open_data(test_data, "train", image_size, backend, on_bad_image=on_bad_image) if test_data \
+        else open_data(data, "test", image_size, backend, on_bad_image=on_bad_image)
     # an import takes the test split's class names and resolution; a checkpoint must match them
     teacher, ck = load_teachers(teachers, weights, test.classes, test.image_size, device)
     test.mean, test.std = tuple(ck["mean"]), tuple(ck["std"])
@@ -164,12 +174,14 @@ def _print_results(title: str, results: dict) -> None:
 
 
 def cmd_evaluate(a) -> None:
-    from .data import load_data, load_subset_file
+    from .data import load_subset_file
     from .evaluate import evaluate_set
+    from .stream import open_data
     from .report import write_report
     from .rundir import DistilledSet, read_json, read_run
     from .utils import resolve_device
     dev = dist.local_device(resolve_device(a.device))
+    size = a.image_size
     if a.full:
         cfg_data = a.data
     else:
@@ -177,18 +189,19 @@ def cmd_evaluate(a) -> None:
             raise DDKitError("give a RUN folder to evaluate, or --full for the full-real-data baseline")
         run_cfg = read_json(Path(a.run) / "config.json").get("distill", {})
         cfg_data = a.data or run_cfg.get("data")
+        size = size or run_cfg.get("image_size")  # the resolution the set was distilled at, if one was set
         if not a.teacher:  # the run's teacher, with its weights
             a.teacher, a.teacher_weights = (listed(run_cfg.get(k)) or None for k in ("teacher", "teacher_weights"))
     if a.json:
         check_output(a.json)
     test, teacher, teacher_ids = _load_eval_inputs(cfg_data, a.teacher, a.teacher_weights, dev, a.test_data,
-                                                   a.on_bad_image)
+                                                   a.on_bad_image, size, a.data_backend)
     cfg = _eval_config(a, teacher_ids)
     if a.full:
-        train = load_data(a.data, "train", on_bad_image=a.on_bad_image)
+        train = open_data(a.data, "train", size, a.data_backend, on_bad_image=a.on_bad_image)
         if a.subset:
             train = load_subset_file(a.subset, train)
-        ds = DistilledSet(train.images, train.labels, train.classes)  # uint8 is fine for fit()
+        ds = DistilledSet(train.fit_images, train.labels, train.classes)  # uint8 or a stream: fit takes both
         results = evaluate_set(ds, test, teacher, cfg, dev, progress=not a.quiet)
         title = f"full real data ({len(train)} images)"
     else:
@@ -233,7 +246,7 @@ def cmd_distill(a) -> None:
     cfg = DistillConfig(method=a.method, ipc=a.ipc, data=absolute(a.data), teacher=one_or_several(a.teacher),
                         teacher_weights=one_or_several(a.teacher_weights), subset=absolute(a.subset), seed=a.seed,
                         classes_per_group=a.classes_per_group, settings=_settings(a.set),
-                        on_bad_image=a.on_bad_image)
+                        on_bad_image=a.on_bad_image, data_backend=a.data_backend, image_size=a.image_size)
     out = distill(cfg, a.out, a.device, overwrite=a.overwrite, progress=not a.quiet)
     if out is not None:  # None on torchrun ranks other than 0: rank 0 writes the run
         write_report(out)
@@ -251,7 +264,8 @@ def cmd_select(a) -> None:
     from .select import SelectConfig, select
     cfg = SelectConfig(criterion=a.criterion, keep=a.keep, keep_end=a.keep_end, proxy_epochs=a.proxy_epochs,
                        teacher=a.teacher, teacher_weights=a.teacher_weights, reference=a.reference, ipc=a.ipc,
-                       seed=a.seed, subset=a.subset, on_bad_image=a.on_bad_image)
+                       seed=a.seed, subset=a.subset, on_bad_image=a.on_bad_image, data_backend=a.data_backend,
+                       image_size=a.image_size)
     info = select(a.data, cfg, a.out, a.device, progress=not a.quiet)
     print(json.dumps(info))
 
@@ -303,11 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(torchvision:NAME, timm:NAME, module:function) into a ddkit checkpoint at --out")
     p.add_argument("--teacher-weights", metavar="PATH", help="with --import: its state dict (default: the "
                    "library's cache, or its download where the internet is reachable)")
-    p.add_argument("--image-size", type=int, help="with --import: resolution it is used at (default: --data's, "
-                   "else its pretrained input size)")
     p.add_argument("--stats", choices=["model", "data"], help="with --import: normalise as the weights were "
                    "trained (model, the default) or with --data's channel statistics")
-    _data_args(p)
+    _data_args(p, "; with --import: the resolution it is used at (default: --data's, else its pretrained input size)")
     _common(p)
     p.set_defaults(fn=cmd_teacher)
 

@@ -1,9 +1,11 @@
-"""Datasets as compact uint8 tensors: ImageFolder trees (decoded once, cached), torchvision sets by name,
-and scikit-learn's bundled digits for offline demos and tests.
+"""Datasets as compact uint8 tensors (the memory backend): ImageFolder trees (decoded once, cached),
+torchvision sets by name, and scikit-learn's bundled digits for offline demos and tests.
 
-Everything downstream works on `ImageData`: images uint8 [N, 3, H, W], labels int64 [N], class names,
-and the per-dataset normalisation statistics. Keeping the whole set as one tensor makes per-class
-indexing, subsetting and on-device augmentation trivial and fast at CIFAR scale.
+Downstream code uses the `Images` interface, which this module's `ImageData` (images uint8 [N, 3, H, W]
+in memory) and ddkit.stream's `StreamData` (files decoded lazily) both have: labels, classes, normalisation
+statistics, per-class indices, subsets, decoded batches of given samples (`batches`, `load`) and what
+`ddkit.train.fit` trains on (`fit_images`). Keeping the whole set as one tensor makes per-class indexing,
+subsetting and on-device augmentation trivial and fast at CIFAR scale.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .utils import DDKitError, cache_dir, load_torch, save_torch
+from .augment import resize_center_crop
+from .utils import DDKitError, cache_dir, load_torch, save_torch, stable_hash, tensor_hash
 
 IMG_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 # Standard statistics for named datasets; ImageFolder trees get theirs computed from the training split.
@@ -28,18 +31,14 @@ KNOWN_STATS = {
 }
 CACHE_VERSION = 1
 BAD_IMAGE_POLICIES = ("error", "skip")  # an unreadable file stops the load, or is left out with a warning
+# how `batches` renders a sample at the working resolution S (the stream backend, from the original photo):
+# center Resize(S) + CenterCrop(S); whole: the whole image resized to S x S; test: Resize(S // 7 * 8) +
+# CenterCrop(S). In memory, images are stored at S: center and whole are the stored image.
+VIEWS = ("center", "whole", "test")
 
 
-@dataclass
-class ImageData:
-    images: torch.Tensor  # uint8 [N, 3, H, W]
-    labels: torch.Tensor  # int64 [N]
-    classes: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    name: str = "data"
-    skipped: list[str] = field(default_factory=list)  # unreadable files left out (on_bad_image="skip")
-    _by_class: list[torch.Tensor] | None = field(default=None, repr=False)
+class Images:
+    """The data interface shared by the backends (fields labels, classes, mean, std, name, skipped)."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -47,10 +46,6 @@ class ImageData:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-    @property
-    def image_size(self) -> int:
-        return int(self.images.shape[-1])
 
     def class_indices(self, c: int) -> torch.Tensor:
         """Indices (into this dataset) of the samples of class c, in canonical order."""
@@ -60,9 +55,9 @@ class ImageData:
             self._by_class = list(torch.split(order, counts))
         return self._by_class[c]
 
-    def subset(self, indices: torch.Tensor) -> "ImageData":
-        indices = torch.as_tensor(indices, dtype=torch.long)
-        return ImageData(self.images[indices], self.labels[indices], self.classes, self.mean, self.std, self.name)
+    def load(self, indices: torch.Tensor, view: str = "center") -> torch.Tensor:
+        """Decoded images of `indices` at the working resolution, one tensor (uint8 [n, 3, S, S])."""
+        return torch.cat(list(self.batches(indices, 256, view)))
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0,1] float images -> normalised float, on the images' device."""
@@ -75,6 +70,43 @@ class ImageData:
         m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return x * s + m
+
+
+@dataclass
+class ImageData(Images):
+    images: torch.Tensor  # uint8 [N, 3, H, W]
+    labels: torch.Tensor  # int64 [N]
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str = "data"
+    skipped: list[str] = field(default_factory=list)  # unreadable files left out (on_bad_image="skip")
+    _by_class: list[torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def fit_images(self) -> torch.Tensor:
+        """What ddkit.train.fit trains on: the tensor itself (augmented on the device)."""
+        return self.images
+
+    def subset(self, indices: torch.Tensor) -> "ImageData":
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        return ImageData(self.images[indices], self.labels[indices], self.classes, self.mean, self.std, self.name)
+
+    def batches(self, indices: torch.Tensor | None = None, batch_size: int = 500, view: str = "center"):
+        """uint8 batches of `indices` (all samples when None), in order; the test view as [0, 1] floats
+        where it resizes (it is the identity when S // 7 * 8 == S, e.g. 32 px)."""
+        x = self.images if indices is None else self.images[indices]
+        for b in x.split(batch_size):
+            yield resize_center_crop(b.float() / 255, self.image_size) if view == "test" and \
+                self.image_size // 7 * 8 != self.image_size else b
+
+    def content_hash(self) -> str:
+        """Names the samples (cache keys of teachers, scores, autoencoders)."""
+        return stable_hash([tensor_hash(self.images), tensor_hash(self.labels), self.classes])
 
 
 def _fingerprint(files: list[Path]) -> str:
@@ -168,7 +200,8 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None, ca
         i = next(i for i, a in enumerate(arrays) if a.shape != arrays[0].shape)
         (h0, w0), (h, w) = arrays[0].shape[:2], arrays[i].shape[:2]
         raise DDKitError(f"mixed image sizes in {root}: {files[i]} is {w}x{h}, {files[0]} is {w0}x{h0}; "
-                         f"this loader needs every image at one size: resize them first")
+                         f"the memory backend needs one size: pass --image-size N to resize them all, or read "
+                         f"the photos with --data-backend stream")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels_t = torch.tensor(labels, dtype=torch.long)
     mean, std = stats if stats is not None else channel_stats(images)

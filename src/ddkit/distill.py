@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from . import dist
-from .data import ImageData, load_data, load_subset_file
+from .data import Images, load_subset_file
 from .methods import Context, build_method
 from .models import embed
 from .rundir import DistilledSet, write_run
+from .stream import open_data
 from .teacher import load_teachers
 from .utils import DDKitError, check_output, listed, load_torch, resolve_device, save_torch, stable_hash
 
@@ -41,6 +42,8 @@ class DistillConfig:
     classes_per_group: int = 0           # 0: all classes in one batch (best throughput at CIFAR scale)
     settings: dict[str, str] = field(default_factory=dict)   # method knobs (--set key=value)
     on_bad_image: str = "error"          # error | skip: unreadable files stop the run, or are left out
+    data_backend: str = "auto"           # auto | memory | stream (see ddkit.stream.choose_backend)
+    image_size: int | None = None        # working resolution (default: the images' own, or 224 for photos)
 
 
 def group_seed(seed: int, first_class: int) -> int:
@@ -67,9 +70,9 @@ def diversity(teacher: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -
     return round(torch.stack(sims).mean().item(), 4) if sims else float("nan")
 
 
-def prepare(cfg: DistillConfig, method, device) -> tuple[ImageData, torch.nn.Module | None, dict]:
+def prepare(cfg: DistillConfig, method, device) -> tuple[Images, torch.nn.Module | None, dict]:
     """Training data (pruned by the subset file) and the teacher, checked against each other."""
-    train = load_data(cfg.data, "train", on_bad_image=cfg.on_bad_image)
+    train = open_data(cfg.data, "train", cfg.image_size, cfg.data_backend, on_bad_image=cfg.on_bad_image)
     if cfg.subset:
         train = load_subset_file(cfg.subset, train)
     teacher, tinfo = None, {}
@@ -83,7 +86,7 @@ def prepare(cfg: DistillConfig, method, device) -> tuple[ImageData, torch.nn.Mod
                                     train.image_size, device)
         if ck["image_size"] != train.image_size:
             raise DDKitError(f"teacher {cfg.teacher} was trained on {ck['image_size']} px images, "
-                             f"data has {train.image_size} px")
+                             f"data has {train.image_size} px (--image-size sets the data's)")
         train.mean, train.std = tuple(ck["mean"]), tuple(ck["std"])  # synthesise in the teacher's space
         tinfo = {"arch": ck["arch"], "test_acc": ck.get("test_acc"), "path": cfg.teacher,
                  "weights": ck.get("imported_from"), "stats_from": ck.get("stats_from")}
@@ -117,7 +120,7 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
             tg = time.time()
             res = method.run(ctx, classes)
             wall = time.time() - tg + res.info.get("resumed_wall_s", 0)  # with the work before an interruption
-            save_torch({"x": res.x, "labels": res.labels, "weights": res.weights,
+            save_torch({"x": res.x, "labels": res.labels, "weights": res.weights, "skipped": list(train.skipped),
                         "info": {**res.info, "wall_s": round(wall, 2)}}, path)
     except BaseException:
         with contextlib.suppress(OSError):  # only if empty: a failure before any saved state leaves no folder
@@ -134,7 +137,9 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
     metrics = {"method": cfg.method, "ipc": cfg.ipc, "num_images": len(labels),
                "synthesis_wall_s": round(sum(i["wall_s"] for i in infos), 2),
                "driver_wall_s": round(time.time() - t0, 2), "groups": infos,
-               "num_real": len(train), "skipped_images": train.skipped, "teacher": tinfo}
+               "num_real": len(train), "teacher": tinfo,
+               # unreadable files: the load's, and those a stream met decoding each group (on any rank)
+               "skipped_images": list(dict.fromkeys(train.skipped + [s for p in parts for s in p["skipped"]]))}
     for k in ("teacher_image_passes", "image_updates"):           # counters add up over groups
         if k in infos[0]:
             metrics[k] = sum(i[k] for i in infos)

@@ -80,9 +80,9 @@ def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
 
 
 @torch.no_grad()
-def data_bn_stats(model: nn.Module, images: torch.Tensor, normalize, device,
-                  batch_size: int = 500) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Mean and variance of every BatchNorm2d's input over a whole image pool, in eval mode (the mode
+def data_bn_stats(model: nn.Module, batches, normalize, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Mean and variance of every BatchNorm2d's input over an image pool given as an iterable of uint8
+    batches (e.g. `data.batches()`), in eval mode (the mode
     the synthetic batch is measured in). BiLP uses it to match the statistics of a pruned pool rather
     than the teacher's running buffers, which describe the full, augmented training data."""
     bns, acc = bn_layers(model), {}
@@ -97,8 +97,8 @@ def data_bn_stats(model: nn.Module, images: torch.Tensor, normalize, device,
     handles = [bn.register_forward_hook(hook) for bn in bns]
     try:
         model.eval()
-        for i in range(0, len(images), batch_size):
-            model(normalize(images[i:i + batch_size].to(device)).contiguous(memory_format=torch.channels_last))
+        for x in batches:
+            model(normalize(x.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last))
     finally:
         for h in handles:
             h.remove()

@@ -20,8 +20,7 @@ import torch
 import torch.nn as nn
 
 from . import dist
-from .augment import resize_center_crop
-from .data import ImageData
+from .data import Images
 from .fkd import label_store
 from .models import build_model
 from .protocols import Protocol
@@ -110,7 +109,7 @@ def _best(hist: dict, final_acc: float, cfg: EvalConfig) -> dict:
             **({"tested_after_epoch": int(p.best_after * cfg.epochs)} if p.best_after else {})}
 
 
-def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, cfg: EvalConfig,
+def evaluate_set(ds: DistilledSet, test: Images, teacher: nn.Module | None, cfg: EvalConfig,
                  device: torch.device, run: str | Path | None = None, progress: bool = True) -> dict:
     """Train cfg.seeds students per arch on `ds`; returns {key: {accs, mean, std, wall_s}}.
 
@@ -133,12 +132,13 @@ def evaluate_set(ds: DistilledSet, test: ImageData, teacher: nn.Module | None, c
     ipc = round(len(labels) / len(labels.unique()))
     tcfg = p.train_config(cfg.epochs, ipc, len(test.classes))
     fkd = cfg.label_mode == "soft" and p.soft_labels == "fkd"
+    if fkd and not torch.is_tensor(ds.images):
+        raise DDKitError("stored (FKD) soft labels need the images in memory: use --data-backend memory")
     store = None
-    test_norm = (lambda x: resize_center_crop(test.normalize(x), test.image_size)) if p.test_resize \
-        else test.normalize
+    view = "test" if p.test_resize else "center"  # the peers' Resize(s // 7 * 8) + CenterCrop(s), or as stored
 
     def test_acc(model) -> float:
-        return accuracy(model, test.images, test.labels, test_norm, device)
+        return accuracy(model, test.batches(None, 1000, view), test.labels, test.normalize, device)
 
     def every(epochs_done: int, model):  # the best-epoch record (_best adds the final epoch)
         due = epochs_done % p.eval_every == 0 and p.best_after * cfg.epochs < epochs_done < cfg.epochs

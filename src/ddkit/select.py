@@ -28,10 +28,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .data import ImageData, load_data, read_subset
+from .data import Images, read_subset
 from .engine import bn_layers
 from .models import build_model
-from .teacher import data_hash, load_teacher
+from .stream import open_data
+from .teacher import load_teacher
 from .train import batched_logits, fit, teacher_recipe
 from .utils import (DDKitError, atomic_path, cache_dir, check_output, load_torch, resolve_device, save_torch,
                     stable_hash, tensor_hash)
@@ -50,6 +51,8 @@ class SelectConfig:
     seed: int = 0
     subset: str | None = None    # select within an earlier selection (indices stay global)
     on_bad_image: str = "error"  # error | skip: unreadable files stop the run, or are left out
+    data_backend: str = "auto"   # auto | memory | stream (ddkit.stream.choose_backend)
+    image_size: int | None = None  # working resolution (default: the images' own, or 224 for photos)
 
 
 def keep_count(n: int, keep: float) -> int:
@@ -66,7 +69,7 @@ def cached_scores(kind: str, key: list, compute) -> tuple[torch.Tensor, bool]:
     return scores, False
 
 
-def proxy_losses(data: ImageData, epochs: int, seed: int, device, progress: bool) -> torch.Tensor:
+def proxy_losses(data: Images, epochs: int, seed: int, device, progress: bool) -> torch.Tensor:
     """Mean training loss of every sample over `epochs` of a fresh ConvNet-3 (the BiLP static score)."""
     total = torch.zeros(len(data), device=device)
     seen = torch.zeros(len(data), device=device)
@@ -76,15 +79,15 @@ def proxy_losses(data: ImageData, epochs: int, seed: int, device, progress: bool
         seen.index_add_(0, idx, torch.ones_like(per, dtype=torch.float))
     torch.manual_seed(seed)
     model = build_model("convnet3", data.num_classes, data.image_size)
-    fit(model, data.images, data.labels, data.normalize, teacher_recipe(epochs), device, seed=seed,
+    fit(model, data.fit_images, data.labels, data.normalize, teacher_recipe(epochs), device, seed=seed,
         desc="proxy", progress=progress, on_batch=record)
     return (total / seen.clamp_min(1)).cpu()
 
 
-def model_losses(model: nn.Module, data: ImageData, device) -> torch.Tensor:
+def model_losses(model: nn.Module, data: Images, device) -> torch.Tensor:
     labels = data.labels.to(device)
     return torch.cat([nn.functional.cross_entropy(out, labels[i:i + len(out)], reduction="none")
-                      for i, out in batched_logits(model, data.images, data.normalize, device)]).cpu()
+                      for i, out in batched_logits(model, data.batches(None, 1000), data.normalize, device)]).cpu()
 
 
 @torch.no_grad()
@@ -119,7 +122,7 @@ def causal_scores(real: list, synth: list, first_mult: float = 10.0) -> torch.Te
     return score.sqrt()
 
 
-def causal_all(data: ImageData, teacher: nn.Module, ref, ipc: int, gen: torch.Generator, dev) -> torch.Tensor:
+def causal_all(data: Images, teacher: nn.Module, ref, ipc: int, gen: torch.Generator, dev) -> torch.Tensor:
     """Causal score of every sample, class by class, against the reference run's images of the class
     or `ipc` random real images of it."""
     scores = torch.zeros(len(data))
@@ -132,10 +135,10 @@ def causal_all(data: ImageData, teacher: nn.Module, ref, ipc: int, gen: torch.Ge
             xs = data.normalize(ref.images[ref_labels == c].to(dev))
         else:
             pick = idx[torch.randperm(len(idx), generator=gen)[:ipc]]
-            xs = data.normalize(data.images[pick].to(dev))
+            xs = data.normalize(data.load(pick).to(dev))
         if len(xs) == 0:
             raise DDKitError(f"reference run has no images of class {data.classes[c]!r}")
-        real = bn_features(teacher, data.normalize(data.images[idx].to(dev)))
+        real = bn_features(teacher, data.normalize(data.load(idx).to(dev)))
         scores[idx] = causal_scores(real, bn_features(teacher, xs)).cpu()
     return scores
 
@@ -151,7 +154,7 @@ def select(data_spec: str, cfg: SelectConfig, out: str | Path, device: str = "au
         raise DDKitError(f"--keep-end must be low or high, got {cfg.keep_end!r}")
     dev = resolve_device(device)
     out = check_output(out)
-    full = load_data(data_spec, "train", on_bad_image=cfg.on_bad_image)
+    full = open_data(data_spec, "train", cfg.image_size, cfg.data_backend, on_bad_image=cfg.on_bad_image)
     base = torch.arange(len(full))
     if cfg.subset:
         base = read_subset(cfg.subset, len(full))
@@ -162,7 +165,7 @@ def select(data_spec: str, cfg: SelectConfig, out: str | Path, device: str = "au
     if cfg.teacher:
         teacher, ck = load_teacher(cfg.teacher, cfg.teacher_weights, data.classes, data.image_size, dev)
         data.mean, data.std = tuple(ck["mean"]), tuple(ck["std"])
-    key = [data_hash(data), list(data.mean), list(data.std), cfg.seed]
+    key = [data.content_hash(), list(data.mean), list(data.std), cfg.seed]
     if teacher is not None:
         key.append(stable_hash([tensor_hash(v) for v in teacher.state_dict().values()]))
     cached = False

@@ -16,18 +16,14 @@ import torch
 import torch.nn as nn
 
 from . import dist
-from .data import ImageData
+from .data import Images
 from .models import build_model, classifier
 from .train import TrainConfig, accuracy, config_id, fit, teacher_recipe
-from .utils import DDKitError, cache_dir, check_output, load_torch, save_torch, stable_hash, tensor_hash
+from .utils import DDKitError, cache_dir, check_output, load_torch, save_torch, stable_hash
 from .zoo import Pretrained, find_weights, pretrained
 
 FORMAT = "ddkit-model-v1"
 WHITEN_SAMPLE = 1000  # training images whose patch statistics initialise a whitening layer
-
-
-def data_hash(data: ImageData) -> str:
-    return stable_hash([tensor_hash(data.images), tensor_hash(data.labels), data.classes])
 
 
 def checkpoint(model: nn.Module, arch: str, classes: list[str], image_size: int, mean, std, **extra) -> dict:
@@ -36,7 +32,7 @@ def checkpoint(model: nn.Module, arch: str, classes: list[str], image_size: int,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
 
 
-def save_checkpoint(path, model: nn.Module, arch: str, data: ImageData, recipe: TrainConfig | None = None,
+def save_checkpoint(path, model: nn.Module, arch: str, data: Images, recipe: TrainConfig | None = None,
                     **extra) -> None:
     save_torch(checkpoint(model, arch, data.classes, data.image_size, data.mean, data.std,
                           recipe=dataclasses.asdict(recipe) if recipe else {}, **extra), path)
@@ -149,7 +145,7 @@ def _import_classes(spec: str, n: int, classes: list[str] | None, info: Pretrain
     raise DDKitError(f"{spec} has {n} outputs and no known class names: give --data (its class folders name them)")
 
 
-def train_teacher(train: ImageData, test: ImageData | None, arch: str = "convnet3",
+def train_teacher(train: Images, test: Images | None, arch: str = "convnet3",
                   recipe: TrainConfig | None = None, seed: int = 0, device: torch.device | str = "cpu",
                   out: str | Path | None = None, use_cache: bool = True, progress: bool = True
                   ) -> tuple[nn.Module, dict]:
@@ -157,7 +153,7 @@ def train_teacher(train: ImageData, test: ImageData | None, arch: str = "convnet
     recipe = recipe or teacher_recipe()
     if out:
         check_output(out)  # before hours of training, not after
-    key = stable_hash({"data": data_hash(train), "arch": arch, "recipe": config_id(recipe),
+    key = stable_hash({"data": train.content_hash(), "arch": arch, "recipe": config_id(recipe),
                        "seed": seed})
     cached = cache_dir() / "teachers" / f"{arch.replace(':', '-')}_{key}.pt"  # no ':' in file names
     if use_cache and cached.is_file():
@@ -170,12 +166,13 @@ def train_teacher(train: ImageData, test: ImageData | None, arch: str = "convnet
     model = build_model(arch, train.num_classes, train.image_size)
     if hasattr(model, "init_from_data"):  # a data-dependent first layer (AirNet's whitening), seeded too
         sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:WHITEN_SAMPLE]
-        model.init_from_data(train.normalize(train.images[sample]))
+        model.init_from_data(train.normalize(train.load(sample)))
     t0 = time.time()
-    hist = fit(model, train.images, train.labels, train.normalize, recipe, device, seed=seed,
+    hist = fit(model, train.fit_images, train.labels, train.normalize, recipe, device, seed=seed,
                checkpoint=str(cached.with_suffix(".partial")), desc=f"teacher {arch}", progress=progress)
     train_time = time.time() - t0
-    acc = accuracy(model, test.images, test.labels, train.normalize, device) if test is not None else None
+    acc = accuracy(model, test.batches(None, 1000), test.labels, train.normalize, device) if test is not None \
+        else None
     extra = {"test_acc": acc, "train_time_s": round(train_time, 1), "seed": seed, "data_hash": key,
              "loss": hist["loss"], "num_train": len(train),
              "skipped_images": train.skipped + (test.skipped if test is not None else [])}

@@ -1,7 +1,9 @@
 """One training loop for teachers and students.
 
 Images live on the device as one tensor (uint8 real data or float synthetic data in [0, 1]) and are
-normalised and augmented per batch on the device: no DataLoader workers, no per-image Python.
+normalised and augmented per batch on the device: no DataLoader workers, no per-image Python. A stream
+(ddkit.stream.StreamData, data larger than memory) instead hands over each batch decoded and augmented
+by its DataLoader workers.
 Label modes: `hard` (cross-entropy, optional label smoothing), `soft` (KL to a teacher on the same
 augmented view, temperature tau; or EDC's MSE on the logits, optionally plus a weighted cross-entropy on
 the set's labels), each optionally weighted per sample (DDOQ cell masses). Soft labels come
@@ -163,16 +165,19 @@ def _amp(device: torch.device, cfg: TrainConfig):
 
 
 @torch.no_grad()
-def batched_logits(model: nn.Module, images: torch.Tensor, normalize, device, batch_size: int = 1000):
-    """Yield (start index, logits) over `images` in eval mode, batch by batch on `device`."""
+def batched_logits(model: nn.Module, batches, normalize, device):
+    """Yield (start index, logits) over an iterable of image batches in eval mode, on `device`."""
     model.eval()
-    for i in range(0, len(images), batch_size):
-        yield i, model(normalize(images[i:i + batch_size].to(device))).float()
+    i = 0
+    for x in batches:
+        yield i, model(normalize(x.to(device, non_blocking=True))).float()
+        i += len(x)
 
 
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize, device) -> float:
+def accuracy(model: nn.Module, batches, labels: torch.Tensor, normalize, device) -> float:
+    """Top-1 accuracy over an iterable of image batches (e.g. `data.batches(view="test")`) and their labels."""
     correct = sum((out.argmax(1).cpu() == labels[i:i + len(out)]).sum().item()
-                  for i, out in batched_logits(model, images, normalize, device))
+                  for i, out in batched_logits(model, batches, normalize, device))
     return correct / max(1, len(labels))
 
 
@@ -202,8 +207,11 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
     model.to(memory_format=mf)
     if teacher is not None:
         teacher.to(device).eval().to(memory_format=mf)
-    hw = tuple(images.shape[-2:])
-    images, labels = images.to(device), labels.to(device)
+    stream = not torch.is_tensor(images)  # a StreamData (ddkit.stream) decodes and augments its own views
+    if stream and (cfg.cutmix or labels_from is not None):
+        raise DDKitError(f"{desc}: CutMix and stored labels need the images in memory (--data-backend memory)")
+    hw = (images.image_size,) * 2 if stream else tuple(images.shape[-2:])
+    images, labels = images if stream else images.to(device), labels.to(device)
     w = weights.to(device).float() if weights is not None else None
     n = len(labels)
     bs = min(cfg.batch_size, n)
@@ -234,7 +242,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
     for epoch in bar:
         model.train()
         tot = 0.0
-        batches = labels_from.epoch(epoch) if labels_from is not None else epoch_views(cfg, n, bs, hw, gen)
+        batches = (labels_from.epoch(epoch) if labels_from is not None else images.epoch(cfg, bs, gen, rank, world)
+                   if stream else epoch_views(cfg, n, bs, hw, gen))
         for b, (batch, views, stored) in enumerate(batches):
             if STOP["requested"]:
                 raise DDKitError(f"{desc}: stopped in epoch {epoch}" + ("; its last checkpoint is kept, rerun "
@@ -244,7 +253,11 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             idx = batch[rows].to(device)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(cfg, epoch, b, steps_per_epoch)
-            x, plain = render(images, normalize, batch, views, rows)
+            if stream:  # `views` holds this rank's rows, decoded and augmented by the loader's workers
+                x = plain = normalize(views.to(device, non_blocking=True))
+                views = Views()
+            else:
+                x, plain = render(images, normalize, batch, views, rows)
             x = x.contiguous(memory_format=mf)
             with _amp(device, cfg):
                 if cfg.bn_warm:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..data import ImageData
+from ..data import Images
 from ..utils import DDKitError, parse_overrides  # noqa: F401  (parse_overrides: the methods' API)
 
 METHODS: dict[str, type["Method"]] = {}
@@ -25,7 +25,7 @@ def register(cls):
 
 @dataclass
 class Context:
-    train: ImageData
+    train: Images
     teacher: nn.Module | None
     ipc: int
     device: torch.device
@@ -33,9 +33,9 @@ class Context:
     progress: bool = True
     checkpoint: str | None = None   # where an optimising method keeps its resumable state
 
-    def real(self, idx: torch.Tensor) -> torch.Tensor:
-        """Normalised real images at `idx`, on the device."""
-        return self.train.normalize(self.train.images[idx].to(self.device))
+    def real(self, idx: torch.Tensor, view: str = "center") -> torch.Tensor:
+        """Normalised real images at `idx` (decoded in `view`, see ddkit.data.VIEWS), on the device."""
+        return self.train.normalize(self.train.load(idx, view).to(self.device, non_blocking=True))
 
     def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         m, s = torch.tensor(self.train.mean), torch.tensor(self.train.std)

@@ -25,7 +25,7 @@ def _bn_targets(method, ctx: Context) -> tuple[list | None, float]:
     if method.cfg.bn_targets == "running" or getattr(method, "_pool_stats", None) is not None:
         return getattr(method, "_pool_stats", None), 0.0
     t0 = time.time()
-    method._pool_stats = data_bn_stats(ctx.teacher, ctx.train.images, ctx.train.normalize, ctx.device)
+    method._pool_stats = data_bn_stats(ctx.teacher, ctx.train.batches(), ctx.train.normalize, ctx.device)
     return method._pool_stats, round(time.time() - t0, 2)
 
 
@@ -216,7 +216,7 @@ class E2D(Method):
         else:
             picks = [need_images(ctx, c, ctx.ipc) for c in classes]
             picks = torch.cat([p[torch.randperm(len(p), generator=ctx.gen)[:ctx.ipc]] for p in picks])
-            x0 = random_flip(ctx.real(picks), ctx.gen)
+            x0 = random_flip(ctx.real(picks, "whole"), ctx.gen)  # the whole photo at the distilled size
         y = torch.tensor(classes).repeat_interleave(ctx.ipc)
         sampler = E2DSampler(cfg, size, len(y))
         res, info = _recover(self, ctx, x0, y, classes, sampler=sampler)

@@ -97,9 +97,8 @@ class AECoder:
 
 def train_autoencoder(ctx: Context, epochs: int, latent_ch: int, seed: int) -> AECoder:
     """Train (or load from cache) the dataset's autoencoder: MSE reconstruction in normalised space."""
-    from ..teacher import data_hash
     train = ctx.train
-    key = stable_hash([data_hash(train), list(train.mean), epochs, latent_ch, seed])
+    key = stable_hash([train.content_hash(), list(train.mean), epochs, latent_ch, seed])
     path = cache_dir() / "autoencoders" / f"ae_{key}.pt"
     ae = AutoEncoder(latent_ch)
     if path.is_file():
@@ -108,7 +107,7 @@ def train_autoencoder(ctx: Context, epochs: int, latent_ch: int, seed: int) -> A
         cfg = TrainConfig(epochs=epochs, batch_size=256, optimizer="adamw", lr=2e-3, weight_decay=0.0,
                           schedule="cosine", aug="none", channels_last=False)
         with torch.enable_grad():  # callers may be inside no_grad
-            fit(_Recon(ae), train.images, train.labels, train.normalize, cfg, ctx.device, seed=seed,
+            fit(_Recon(ae), train.fit_images, train.labels, train.normalize, cfg, ctx.device, seed=seed,
                 desc="autoencoder", progress=ctx.progress, loss_fn=_Recon.loss)
         save_torch({k: v.cpu() for k, v in ae.state_dict().items()}, path)
     s = train.image_size // 4
