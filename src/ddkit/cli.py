@@ -29,6 +29,13 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                    help="an unreadable image stops the command (error), or is left out with a warning (skip)")
 
 
+def _accel_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision: bf16 autocast "
+                   "where the GPU has it, else fp16 with loss scaling; auto = on for CUDA, off for CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the models trained and the teacher's "
+                   "forward (pays off on long GPU runs)")
+
+
 def finite_float(raw: str) -> float:
     v = float(raw)
     if not math.isfinite(v):
@@ -67,13 +74,15 @@ def _teacher_args(p: argparse.ArgumentParser, help: str, several: bool = False) 
                    "reachable)" + ("; one per such teacher, in order" if several else ""))
 
 
-def _eval_config(a, teacher_ids: tuple[str, ...]):
+def _eval_config(a, teacher_ids: tuple[str, ...], device):
+    from .accel import amp_enabled
     from .evaluate import EvalConfig
     from .protocols import preset
     fields = _settings(a.pset, "--pset")
     fields.update({k: v for k, v in (("batch_size", a.batch_size), ("temperature", a.temperature)) if v is not None})
     return EvalConfig(archs=tuple(a.arch), seeds=a.seeds, label_mode=a.labels, epochs=a.epochs,
-                      use_weights=not a.no_weights, protocol=preset(a.protocol, fields), teachers=teacher_ids)
+                      use_weights=not a.no_weights, protocol=preset(a.protocol, fields), teachers=teacher_ids,
+                      amp=amp_enabled(a.amp, device), compile=a.compile)
 
 
 def _settings(pairs: list[str], flag: str = "--set") -> dict[str, str]:
@@ -87,6 +96,7 @@ def _settings(pairs: list[str], flag: str = "--set") -> dict[str, str]:
 
 
 def cmd_teacher(a) -> None:
+    from .accel import amp_enabled
     from .data import load_splits, load_subset_file
     from .teacher import train_teacher
     from .train import teacher_recipe
@@ -100,12 +110,15 @@ def cmd_teacher(a) -> None:
     train, test = load_splits(a.data, a.test_data, on_bad_image=a.on_bad_image)
     if a.subset:
         train = load_subset_file(a.subset, train)
-    recipe = dataclasses.replace(teacher_recipe(a.epochs), lr=a.lr) if a.lr else teacher_recipe(a.epochs)
-    _, ck = train_teacher(train, test, a.arch, recipe, a.seed, dist.local_device(resolve_device(a.device)),
-                          a.out, use_cache=not a.no_cache, progress=not a.quiet)
+    dev = dist.local_device(resolve_device(a.device))
+    recipe = teacher_recipe(a.epochs)
+    recipe = dataclasses.replace(recipe, lr=a.lr or recipe.lr, amp=amp_enabled(a.amp, dev), compile=a.compile)
+    _, ck = train_teacher(train, test, a.arch, recipe, a.seed, dev, a.out, use_cache=not a.no_cache,
+                          progress=not a.quiet)
     if dist.is_main():
         print(json.dumps({"teacher": ck["path"], "arch": ck["arch"], "test_acc": ck.get("test_acc"),
-                          "train_time_s": ck.get("train_time_s"), "cached": ck["cached"]}))
+                          "train_time_s": ck.get("train_time_s"), "cached": ck["cached"],
+                          "precision": ck.get("precision")}))
 
 
 def cmd_import(a) -> None:
@@ -181,7 +194,7 @@ def cmd_evaluate(a) -> None:
         check_output(a.json)
     test, teacher, teacher_ids = _load_eval_inputs(cfg_data, a.teacher, a.teacher_weights, dev, a.test_data,
                                                    a.on_bad_image)
-    cfg = _eval_config(a, teacher_ids)
+    cfg = _eval_config(a, teacher_ids, dev)
     if a.full:
         train = load_data(a.data, "train", on_bad_image=a.on_bad_image)
         if a.subset:
@@ -227,7 +240,7 @@ def cmd_distill(a) -> None:
     cfg = DistillConfig(method=a.method, ipc=a.ipc, data=absolute(a.data), teacher=absolute(a.teacher),
                         teacher_weights=absolute(a.teacher_weights), subset=absolute(a.subset), seed=a.seed,
                         classes_per_group=a.classes_per_group, settings=_settings(a.set),
-                        on_bad_image=a.on_bad_image)
+                        on_bad_image=a.on_bad_image, amp=a.amp, compile=a.compile)
     out = distill(cfg, a.out, a.device, overwrite=a.overwrite, progress=not a.quiet)
     if out is not None:  # None on torchrun ranks other than 0: rank 0 writes the run
         write_report(out)
@@ -298,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "else its pretrained input size)")
     p.add_argument("--stats", choices=["model", "data"], help="with --import: normalise as the weights were "
                    "trained (model, the default) or with --data's channel statistics")
+    _accel_args(p)
     _data_args(p)
     _common(p)
     p.set_defaults(fn=cmd_teacher)
@@ -316,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", action="store_true", help="evaluate the run afterwards")
     p.add_argument("--json", help="write evaluation results to this file")
     _eval_args(p)
+    _accel_args(p)
     _data_args(p)
     _common(p)
     p.set_defaults(fn=cmd_distill)
@@ -329,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", help="with --full: train on the kept samples of this index file")
     p.add_argument("--json", help="write results to this file")
     _eval_args(p)
+    _accel_args(p)
     _data_args(p)
     _common(p)
     p.set_defaults(fn=cmd_evaluate)

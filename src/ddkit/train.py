@@ -13,6 +13,9 @@ augmentation numbers, takes its contiguous share of each global batch, and the l
 averaged gradient is the 1-process gradient of the global batch. Models without BatchNorm therefore train
 the same as in one process (up to float summation order); BatchNorm becomes SyncBatchNorm on CUDA and
 stays per-rank on CPU (gloo has no SyncBatchNorm).
+
+On CUDA, steps run under mixed precision (`amp`, ddkit.accel: bf16, or fp16 with a GradScaler) and optionally
+torch.compile'd (`compile`); on CPU the loop is the fp32 loop, unchanged.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from . import dist
+from .accel import compiled, configure, mixed_precision
 from .augment import Views, apply_views, draw_views, paste
 from .progress import steps
 from .utils import STOP, DDKitError, load_torch, save_torch
@@ -48,14 +52,15 @@ class TrainConfig:
     rrc_scale: tuple[float, float] = (0.5, 1.0)
     temperature: float = 4.0
     channels_last: bool = True
-    amp: bool = True                # bf16 autocast, CUDA only
+    amp: bool = True                # mixed precision on CUDA (bf16, else fp16 + loss scaling; see ddkit.accel)
     lr_by_epoch: bool = False       # LR set once per epoch (the peers' per-epoch LambdaLR), not per step
     cutmix: float = 0.0             # CutMix beta on every batch (0 = off)
     kl_t2: bool = True              # soft-label KL times tau^2 (Hinton); RDED/SRe2L leave it out
     bn_warm: bool = False           # RDED quirk: a no-grad train-mode forward of the un-mixed views first
+    compile: bool = False           # torch.compile the model trained and the online teacher
 
 
-_ADDED = {"lr_by_epoch": False, "cutmix": 0.0, "kl_t2": True, "bn_warm": False}
+_ADDED = {"lr_by_epoch": False, "cutmix": 0.0, "kl_t2": True, "bn_warm": False, "compile": False}
 
 
 def config_id(cfg: TrainConfig) -> dict:
@@ -116,10 +121,6 @@ def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
-def _amp(device: torch.device, cfg: TrainConfig):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
-
-
 @torch.no_grad()
 def batched_logits(model: nn.Module, images: torch.Tensor, normalize, device, batch_size: int = 1000):
     """Yield (start index, logits) over `images` in eval mode, batch by batch on `device`."""
@@ -171,6 +172,9 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
     opt = (torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
                            weight_decay=cfg.weight_decay) if cfg.optimizer == "sgd" else
            torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
+    prec = mixed_precision(device, cfg.amp)
+    configure(device)
+    scaler = prec.scaler()
     start, history, before = 0, {"loss": []}, 0.0
     if checkpoint:
         try:
@@ -182,7 +186,10 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             opt.load_state_dict(state["opt"])
             gen.set_state(state["gen"])
             start, history, before = state["epoch"], state["history"], state.get("elapsed_s", 0.0)
-    net = _data_parallel(model, device) if world > 1 else model
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+    net = compiled(_data_parallel(model, device) if world > 1 else model, cfg.compile)
+    teach = compiled(teacher, cfg.compile)
     saved = began = clock()
     bar = steps(start, cfg.epochs, desc, unit="epoch", enabled=progress)
     for epoch in bar:
@@ -200,14 +207,14 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
                 g["lr"] = cfg.lr * lr_factor(cfg, epoch, b, steps_per_epoch)
             x, plain = render(images, normalize, batch, views, rows)
             x = x.contiguous(memory_format=mf)
-            with _amp(device, cfg):
+            with prec.autocast():
                 if cfg.bn_warm:
                     with torch.no_grad():
                         net(plain.contiguous(memory_format=mf))
                 out = net(x)
                 if stored is not None or teacher is not None:
                     with torch.no_grad():
-                        t = stored[rows].to(device) if stored is not None else teacher(x)
+                        t = stored[rows].to(device) if stored is not None else teach(x)
                     per = soft_kl(out, t, cfg.temperature, cfg.kl_t2)
                 elif loss_fn is not None:
                     per = loss_fn(out.float(), labels[idx])
@@ -220,8 +227,9 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
                 kept = " (last good checkpoint kept)" if checkpoint else ""
                 raise DDKitError(f"{desc}: loss became {step_loss} at epoch {epoch}; lower the learning rate{kept}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             tot += step_loss
             if on_batch is not None:
                 on_batch(idx, per.detach())
@@ -232,11 +240,12 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
         if checkpoint and rank == 0 and (clock() - saved >= CHECKPOINT_S or epoch + 1 == cfg.epochs):
             saved = clock()
             save_torch({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                        "epoch": epoch + 1, "history": history,
+                        "epoch": epoch + 1, "history": history, "scaler": scaler.state_dict(),
                         "elapsed_s": before + clock() - began}, checkpoint)
     bar.close()
     model.eval()
-    return {**history, "resumed_s": before}  # training time spent by interrupted attempts, up to their checkpoint
+    # resumed_s: training time spent by interrupted attempts, up to their checkpoint
+    return {**history, "resumed_s": before, "precision": prec.name}
 
 
 def _cross_entropy(out, labels, batch, v: Views, rows, cfg: TrainConfig, hw) -> torch.Tensor:
