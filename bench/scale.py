@@ -8,7 +8,7 @@ training images and 10 -> 1,000 classes, with a ResNet-18 at 224 px and tiny bud
 
 Data: bench/scale_data.py makes the folders under a cache directory ($DDKIT_CACHE/bench_scale), never the repo.
 Every measurement is one `python -m ddkit ...` subprocess: wall time, peak RSS of its largest process (the
-kernel's ru_maxrss, from wait4) and peak PSS of its whole process tree (DataLoader workers included; /proc
+kernel's ru_maxrss, from wait4 in a small launcher) and peak PSS of its whole process tree (DataLoader workers included; /proc
 sampled twice a second, shared pages counted once). One JSON per measurement, written as soon as it ends:
 a rerun skips those that succeeded, so an interrupted ladder resumes. Command lines are templates (`--show`
 prints them, `--templates FILE.json` replaces any of them); the data arguments default to the streaming
@@ -107,7 +107,7 @@ def _pss_kb(pid: int) -> int:
 
 
 class TreeSampler(threading.Thread):
-    """Peak summed PSS of a process and its descendants, sampled every `every` seconds."""
+    """Peak summed PSS of the descendants of a process, sampled every `every` seconds."""
 
     def __init__(self, pid: int, every: float = 0.5):
         super().__init__(daemon=True)
@@ -115,7 +115,7 @@ class TreeSampler(threading.Thread):
 
     def run(self):
         while not self.done.is_set():
-            pids, total = [self.pid], 0
+            pids, total = _children(self.pid), 0
             while pids:
                 p = pids.pop()
                 total += _pss_kb(p)
@@ -124,21 +124,32 @@ class TreeSampler(threading.Thread):
             self.done.wait(self.every)
 
 
-def measure(argv: list[str], log: Path, env: dict) -> dict:
+# A process's ru_maxrss starts at the RSS of the process it was forked from (exec keeps the maximum), so the
+# command is spawned by this small launcher (python -S: a few MB), never by the harness, whose imports would be
+# counted in every measurement. The launcher reports the command's own rusage (wait4: its largest process).
+LAUNCHER = ("import json, os, sys; p = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ); "
+            "_, st, ru = os.wait4(p, 0); open(sys.argv[1], 'w').write(json.dumps("
+            "[os.waitstatus_to_exitcode(st), ru.ru_maxrss, ru.ru_utime + ru.ru_stime]))")
+
+
+def measure(argv: list[str], log: Path, env: dict | None) -> dict:
     """Run one command; its wall/CPU time and memory peaks."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    usage = log.with_suffix(".rusage")
+    usage.unlink(missing_ok=True)
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env)
+        p = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER, str(usage), *argv], stdout=f,
+                             stderr=subprocess.STDOUT, env=env)
     sampler = TreeSampler(p.pid)
     sampler.start()
-    _, status, ru = os.wait4(p.pid, 0)  # this child's own rusage (its largest process), not every child's
+    p.wait()
     wall = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
     sampler.done.set()
     sampler.join()
-    return {"rc": p.returncode, "wall_s": round(wall, 2), "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
-            "peak_rss_mb": round(ru.ru_maxrss / 1024, 1), "peak_tree_pss_mb": round(sampler.peak_kb / 1024, 1)}
+    rc, maxrss_kb, cpu = json.loads(usage.read_text()) if usage.is_file() else (p.returncode, 0, 0.0)
+    return {"rc": rc, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(maxrss_kb / 1024, 1),
+            "peak_tree_pss_mb": round(sampler.peak_kb / 1024, 1)}
 
 
 def _last_json(text: str):
@@ -293,7 +304,7 @@ def _fmt(v, spec="{:.1f}") -> str:
 
 
 def write_table(out: Path, gpu_tflops: float, gpu_util: float, gpu_out: Path | None) -> str:
-    recs = [r for r in _load(out)]
+    recs = _load(out)
     ok = [r for r in recs if r["rc"] == 0]
     datasets = sorted({(r["classes"], r["num_train"], r["dataset"]) for r in recs})
     steps = [s for s in STEPS if any(r["step"] == s for r in recs)]
@@ -340,7 +351,7 @@ def write_table(out: Path, gpu_tflops: float, gpu_util: float, gpu_out: Path | N
             o = r["output"]
             lines.append(f"| {r['dataset']} | {o['decode_img_per_s']} ({o['workers']}) | {o['forward_img_per_s']} | "
                          f"{o['forward_backward_img_per_s']} | {o['gflop_per_image']['forward']} |")
-    lines += ["", *projection(ok, tp, gpu_tflops, gpu_util, gpu_out)]
+    lines += ["", *projection(ok, gpu_tflops, gpu_util, gpu_out)]
     text = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(text)
@@ -361,7 +372,7 @@ def synthesis_gflop(size: int = 224) -> float:
     return fc.get_total_flops() / 1e9
 
 
-def projection(ok: list[dict], tp: list[dict], tflops: float, util: float, gpu_out: Path | None) -> list[str]:
+def projection(ok: list[dict], tflops: float, util: float, gpu_out: Path | None) -> list[str]:
     """ImageNet-1K IPC10 synthesis cost of e2d and sre2l from the measured cost per image-iteration."""
     budget = BUDGETS["full"]
     quick = all(r["budget"] == "quick" for r in ok)

@@ -60,13 +60,14 @@ class TrainConfig:
     compile: bool = False           # torch.compile the model trained and the online teacher
 
 
-_ADDED = {"lr_by_epoch": False, "cutmix": 0.0, "kl_t2": True, "bn_warm": False, "compile": False}
+_ADDED = {"lr_by_epoch": False, "cutmix": 0.0, "kl_t2": True, "bn_warm": False}
 
 
 def config_id(cfg: TrainConfig) -> dict:
     """The recipe as hashed into cache keys: fields added later are left out while at their defaults, so a
-    teacher cached before they existed keeps its key."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _ADDED or v != _ADDED[k]}
+    teacher cached before they existed keeps its key; `compile` (how it runs, not what) is never in it."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k != "compile" and (k not in _ADDED or v != _ADDED[k])}
 
 
 def teacher_recipe(epochs: int = 30) -> TrainConfig:
