@@ -1,5 +1,4 @@
 """The scale benchmark's own tools (bench/scale_data.py, bench/scale.py): what they generate and measure."""
-import subprocess
 import sys
 from pathlib import Path
 
