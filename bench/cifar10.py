@@ -171,6 +171,7 @@ def load_inputs(a, dev) -> tuple:
     """(teacher, test split normalised with its statistics); sets a.teacher_info for the table."""
     teacher, ck = load_checkpoint(a.teacher, device=dev)
     a.teacher_info = f"{ck['arch']} {100 * ck['test_acc']:.1f} % test" if ck.get("test_acc") else ck["arch"]
+    a.teacher_acc = ck.get("test_acc")
     return teacher, load_data(a.data, "test", stats=(tuple(ck["mean"]), tuple(ck["std"])))
 
 

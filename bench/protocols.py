@@ -5,11 +5,13 @@ in bench/cifar10.py's run folders (bench/results/cifar10/runs/<tag>: reused when
 distilled otherwise, with the same tags so it reuses ours). Protocols (ddkit.protocols): ddkit, rded,
 sre2l, ddranking; soft labels; ConvNet-3 teacher and student. For DD-Ranking's metrics, hard-label runs of
 every set under ddranking, and the full real training set with hard labels under ddranking (HLR's
-reference, --full-epochs; DD-Ranking trains that reference with its own real-data recipe, we keep the
-protocol the same). Every finished student seed is stored in its run's metrics.json, so the
+reference: the teacher's test accuracy, or with --full-epochs N an N-epoch ddranking-protocol run).
+`ddkit`-protocol cells that bench/cifar10.py already measured on the same set are read from its results
+(see earlier_ddkit) instead of re-trained. Every finished student seed is stored in its run's metrics.json, so the
 command resumes; rows go to bench/results/cifar10_protocols/<tag>.json and the tables to table.md.
 
-    python bench/protocols.py                                  # the whole grid (GPU hours; resumable)
+    python bench/protocols.py                                  # the whole grid (CPU hours; resumable)
+    python bench/protocols.py --protocols rded sre2l ddranking # ... with ddkit's cells from bench/cifar10.py
     python bench/protocols.py --protocols rded --sets rded     # a slice of it
     python bench/protocols.py --table-only                     # rebuild table.md from the stored rows
 """
@@ -49,22 +51,41 @@ def evaluate_row(tag: str, run: Path, a, dev, teacher, test) -> dict:
 
 
 def row_of(tag: str, run: Path, a) -> dict:
-    """A row from the run's stored evaluations: every protocol at --epochs, with the seeds stored so far."""
+    """A row from the run's stored evaluations: every protocol at --epochs, with the seeds stored so far;
+    `ddkit` cells the run lacks come from bench/cifar10.py's result of the same set (see earlier_ddkit)."""
     d, m = read_json(run / "config.json")["distill"], read_json(run / "metrics.json")
     results = {}
     for p in PRESETS:
         for labels in ("soft", "hard"):
-            e = m.get("evaluation", {}).get(configs(a, p, labels).key("convnet3"))
+            key = configs(a, p, labels).key("convnet3")
+            e = m.get("evaluation", {}).get(key)
             if e and e["seeds"]:
                 results[f"{p}/{labels}"] = summarize_entry(e)
+            elif p == "ddkit" and (earlier := earlier_ddkit(tag, key, m.get("diversity_cos"))):
+                results[f"{p}/{labels}"] = earlier
     return {"set": tag, "method": tag.split("_ipc")[0], "draw": d["seed"], "results": results}
 
 
+def earlier_ddkit(tag: str, key: str, fingerprint) -> dict | None:
+    """bench/cifar10.py's stored ddkit-protocol result of this set (README's main table), when that
+    benchmark evaluated the same set: same tag and seed, and the same teacher-feature diversity to 4
+    decimals (a fingerprint of the images; another draw or synthesis differs there). Saves re-training
+    students whose result is already measured; marked with its source."""
+    old = read_json(ROOT / "results" / "cifar10" / f"{tag}.json")
+    if fingerprint is None or old.get("diversity_cos") != round(fingerprint, 4) or key not in old.get("results", {}):
+        return None
+    return {**old["results"][key], "source": f"bench/results/cifar10/{tag}.json"}
+
+
 def full_hard(a, dev, test, train_now: bool) -> dict | None:
-    """Full real training data, hard labels, ddranking protocol (HLR's reference): trained (resumably, in
-    OUT/runs/full_real) when `train_now`, else the stored result, if any."""
+    """Full real training data, hard labels (HLR's reference): with --full-epochs N, a ddranking-protocol
+    run of N epochs (resumable, in OUT/runs/full_real) when `train_now`, else that stored run; with
+    --full-epochs 0, the teacher's own test accuracy (a ConvNet-3 trained on the full data with hard labels
+    by the teacher recipe; DD-Ranking too trains this reference with a real-data recipe)."""
     folder = a.out / "runs" / "full_real"
-    if not train_now or a.full_epochs == 0:
+    if a.full_epochs == 0:
+        return {"mean": 100 * a.teacher_acc, "n": 1, "source": f"teacher ({a.teacher_info})"}
+    if not train_now:
         e = read_json(folder / "metrics.json").get("evaluation", {})
         return next((summarize_entry(v) for v in e.values()), None)
     folder.mkdir(parents=True, exist_ok=True)
@@ -100,6 +121,9 @@ def markdown(rows: list[dict], full: dict | None, a) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Δ vs random: against the mean of the random-real draws under the same protocol. Final-epoch "
               "accuracy, mean ± std over n student seeds, one synthesis draw per row."]
+    if any("source" in e for r in rows for e in r["results"].values()):
+        lines += ["ddkit-protocol cells: bench/cifar10.py's measurement of the same set (README's main table; "
+                  "the set matched by tag, seed and its teacher-feature fingerprint), not re-trained here."]
     lines += _ddranking_table(rows, full, floor) + _published_table(rows)
     store = [r["results"]["sre2l/soft"]["label_store_bytes"] for r in rows
              if "label_store_bytes" in r["results"].get("sre2l/soft", {})]
@@ -116,7 +140,7 @@ def _ddranking_table(rows, full, floor) -> list[str]:
     if full is None or rand is None:
         return ["", "DD-Ranking metrics: need the full-data hard-label run (--full-epochs) and random real."]
     lines = ["", f"DD-Ranking metrics under its protocol (fractions; HLR's reference: full real data, hard "
-             f"labels, {full['mean']:.2f} %, n={full['n']}):", "",
+             f"labels, {full['mean']:.2f} %, n={full['n']}, {full.get('source', 'ddranking protocol')}):", "",
              "| set | soft % | hard % | HLR ↓ | IOR ↑ | LRS ↑ |", "|---|---|---|---|---|---|"]
     for r in rows:
         s, h = r["results"].get(f"{HARD}/soft"), r["results"].get(f"{HARD}/hard")
@@ -148,8 +172,8 @@ def main():
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300)
-    ap.add_argument("--full-epochs", type=int, default=300, help="epochs of the full-data hard-label run "
-                    "(HLR's reference); 0: use a stored one only")
+    ap.add_argument("--full-epochs", type=int, default=0, help="epochs of a full-data hard-label run under "
+                    "ddranking (HLR's reference; 300 is ~15 CPU hours); 0: the teacher's test accuracy")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny synthesis budgets (with --runs and "
                     "--out elsewhere)")
     ap.add_argument("--runs", type=Path, default=ROOT / "results" / "cifar10" / "runs",

@@ -64,6 +64,24 @@ def test_finished_groups_are_not_redone(dataset, teacher_path, tmp_path, monkeyp
     assert torch.equal(read_run(tmp_path / "run").images, read_run(fresh).images)
 
 
+def test_several_teachers_distil_and_label_as_their_ensemble(dataset, teacher_path, tmp_path, capsys):
+    """--teacher A B: the run records both; its evaluation takes the pair's mean logits as soft labels."""
+    other = tmp_path / "other.pt"
+    ck = torch.load(teacher_path, weights_only=True)
+    ck["state_dict"] = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+                        for k, v in ck["state_dict"].items()}
+    save_torch(ck, other)
+    assert main(["distill", "--method", "sre2l", "--ipc", "1", "--data", str(dataset), "--teacher",
+                 str(teacher_path), str(other), "--set", "iterations=4", "--out", str(tmp_path / "run"), "--quiet",
+                 "--evaluate", "--seeds", "1", "--epochs", "1"]) == 0
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["distill"]["teacher"] == [str(teacher_path), str(other)]
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["groups"][0]["teacher_image_passes"] == 4 * 3   # one member per step, not both
+    assert [k.split("/")[1] for k in m["evaluation"]] == ["soft"] and "e1-" in next(iter(m["evaluation"]))
+    assert len(m["evaluation"][next(iter(m["evaluation"]))]["config"]["teachers"]) == 2
+
+
 def test_bad_inputs(dataset, teacher_path, tmp_path):
     with pytest.raises(DDKitError, match="needs a teacher"):
         distill(DistillConfig(method="sre2l", ipc=1, data=str(dataset)), tmp_path / "r", "cpu")

@@ -122,3 +122,21 @@ def test_compiled_teacher_forward_gives_the_same_images(teacher_path, monkeypatc
     ref = recover(teacher, x0, y, cfg, lo, hi, torch.Generator().manual_seed(0), progress=False)
     comp = recover(teacher, x0, y, cfg, lo, hi, torch.Generator().manual_seed(0), progress=False, compile=True)
     assert graphs and torch.equal(comp.x, ref.x) and comp.curve == ref.curve
+def test_an_ensemble_is_recovered_against_one_member_per_step_in_turn(teacher_path):
+    from ddkit.teacher import Ensemble
+    teacher, x0, y, lo, hi = _setup(teacher_path)
+    other, _ = load_checkpoint(teacher_path)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    cfg = RecoverConfig(iterations=5, crop="shared")
+    single = recover(teacher, x0, y, cfg, lo, hi, torch.Generator().manual_seed(1), progress=False).x
+    alone = recover(Ensemble([teacher]), x0, y, cfg, lo, hi, torch.Generator().manual_seed(1), progress=False).x
+    assert torch.equal(single, alone)  # an ensemble of one is that teacher
+    calls = []
+    for i, m in enumerate((teacher, other)):
+        m.register_forward_hook(lambda mod, inp, out, i=i: calls.append(i))
+    both = Ensemble([teacher, other])
+    assert sorted(BNStatLoss(both).mults.values()) == [1.0] * 4 + [10.0] * 2  # each member's first BN layer
+    recover(both, x0, y, cfg, lo, hi, torch.Generator().manual_seed(1), progress=False)
+    assert calls == [0, 1, 0, 1, 0]

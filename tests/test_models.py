@@ -24,6 +24,19 @@ def test_teacher_archs_have_batchnorm():
     assert not has_batchnorm(build_model("convnet3_in", 10))
 
 
+def test_airnet_whitening_layer_decorrelates_patches_and_is_frozen():
+    m = build_model("airnet", 10, 16)
+    x = torch.randn(40, 3, 16, 16) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1) + 0.3
+    x[:, 1] += x[:, 0]  # correlated channels, as in photos
+    m.init_from_data(x)
+    w = m.whiten.weight
+    assert not w.requires_grad and torch.equal(w[:12], -w[12:])   # both signs of each direction
+    patches = torch.nn.functional.unfold(x, 2).transpose(1, 2).reshape(-1, 12)
+    cov = torch.cov((patches @ w[:12].reshape(12, 12).T).T)
+    assert torch.allclose(cov, torch.eye(12), atol=0.02)
+    assert build_model("airnet", 10, 16).whiten.weight.requires_grad  # a student trains it as a conv
+
+
 def test_unknown_arch_is_clear():
     with pytest.raises(DDKitError, match="unknown architecture"):
         build_model("vgg99", 10)

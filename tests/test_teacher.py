@@ -12,6 +12,7 @@ from conftest import CLASSES, ZOO, zoo_model
 
 from ddkit.cli import main
 from ddkit.data import load_splits
+from ddkit.models import build_model
 from ddkit.teacher import import_teacher, load_checkpoint, load_teacher, train_teacher
 from ddkit.train import teacher_recipe
 from ddkit.utils import DDKitError
@@ -27,6 +28,20 @@ def test_teacher_learns_and_is_cached(dataset, monkeypatch, tmp_path):
                                 progress=False)
     assert ck2["cached"] is True and (tmp_path / "t.pt").is_file()
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+
+
+def test_a_whitened_teacher_keeps_the_first_layer_set_from_its_seeded_data_sample(dataset):
+    train, _ = load_splits(str(dataset))
+    recipe = teacher_recipe(1, "airnet")
+    assert (recipe.batch_size, recipe.lr, recipe.label_smoothing) == (512, 0.4, 0.2)
+    _, ck = train_teacher(train, None, "airnet", recipe, seed=3, use_cache=False, progress=False)
+    ref = build_model("airnet", train.num_classes, train.image_size)
+    sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(3))[:1000]
+    ref.init_from_data(train.normalize(train.images[sample]))
+    assert torch.equal(ck["state_dict"]["whiten.weight"], ref.whiten.weight)  # set from data, then frozen
+    assert not torch.equal(ck["state_dict"]["head.weight"], ref.head.weight)  # the rest trained
+    with pytest.raises(DDKitError, match="unknown teacher recipe 'fast'; choose from default, airnet"):
+        teacher_recipe(1, "fast")
 
 
 def test_checkpoint_mismatches_are_refused(teacher_path, tmp_path):

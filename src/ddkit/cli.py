@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from . import dist
-from .utils import DDKitError, check_output, request_stop, save_json, tune_malloc
+from .train import TEACHER_RECIPES
+from .utils import DDKitError, check_output, listed, request_stop, save_json, tune_malloc
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -111,7 +112,7 @@ def cmd_teacher(a) -> None:
     if a.subset:
         train = load_subset_file(a.subset, train)
     dev = dist.local_device(resolve_device(a.device))
-    recipe = teacher_recipe(a.epochs)
+    recipe = teacher_recipe(a.epochs, a.recipe)
     recipe = dataclasses.replace(recipe, lr=a.lr or recipe.lr, amp=amp_enabled(a.amp, dev), compile=a.compile)
     _, ck = train_teacher(train, test, a.arch, recipe, a.seed, dev, a.out, use_cache=not a.no_cache,
                           progress=not a.quiet)
@@ -188,8 +189,7 @@ def cmd_evaluate(a) -> None:
         run_cfg = read_json(Path(a.run) / "config.json").get("distill", {})
         cfg_data = a.data or run_cfg.get("data")
         if not a.teacher:  # the run's teacher, with its weights
-            a.teacher, a.teacher_weights = ([run_cfg[k]] if run_cfg.get(k) else None
-                                            for k in ("teacher", "teacher_weights"))
+            a.teacher, a.teacher_weights = (listed(run_cfg.get(k)) or None for k in ("teacher", "teacher_weights"))
     if a.json:
         check_output(a.json)
     test, teacher, teacher_ids = _load_eval_inputs(cfg_data, a.teacher, a.teacher_weights, dev, a.test_data,
@@ -237,8 +237,12 @@ def cmd_distill(a) -> None:
 
     def absolute(p):  # the run's config must still point at its inputs when read from another folder
         return str(Path(p).resolve()) if p and Path(p).exists() else p
-    cfg = DistillConfig(method=a.method, ipc=a.ipc, data=absolute(a.data), teacher=absolute(a.teacher),
-                        teacher_weights=absolute(a.teacher_weights), subset=absolute(a.subset), seed=a.seed,
+
+    def one_or_several(paths):  # one teacher stays a string: the run's config (and key) as before ensembles
+        paths = [absolute(p) for p in paths or []]
+        return None if not paths else paths[0] if len(paths) == 1 else paths
+    cfg = DistillConfig(method=a.method, ipc=a.ipc, data=absolute(a.data), teacher=one_or_several(a.teacher),
+                        teacher_weights=one_or_several(a.teacher_weights), subset=absolute(a.subset), seed=a.seed,
                         classes_per_group=a.classes_per_group, settings=_settings(a.set),
                         on_bad_image=a.on_bad_image, amp=a.amp, compile=a.compile)
     out = distill(cfg, a.out, a.device, overwrite=a.overwrite, progress=not a.quiet)
@@ -270,14 +274,14 @@ def cmd_report(a) -> None:
 
 def cmd_export(a) -> None:
     from .rundir import export_ddranking, read_json, read_run
-    from .teacher import load_teacher
+    from .teacher import load_teachers
     config = read_json(Path(a.run) / "config.json")
-    if not a.teacher:  # the run's teacher, with its weights
+    if not a.teacher:  # the run's teacher(s), with their weights
         a.teacher, a.teacher_weights = (config.get("distill", {}).get(k) for k in ("teacher", "teacher_weights"))
     teacher, ck = None, {}
     if a.teacher:
-        teacher, ck = load_teacher(a.teacher, a.teacher_weights, read_run(a.run).classes,
-                                   config.get("data", {}).get("image_size"))
+        teacher, ck = load_teachers(listed(a.teacher), listed(a.teacher_weights) or None, read_run(a.run).classes,
+                                    config.get("data", {}).get("image_size"))
     out = export_ddranking(a.run, check_output(a.out, folder=True), teacher, ck.get("mean"), ck.get("std"))
     print(json.dumps({"export": str(out), "soft_labels": teacher is not None}))
 
@@ -298,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-data", help="test ImageFolder if not <data>/test")
     p.add_argument("--arch", default="convnet3")
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--lr", type=positive_float, default=None)
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--recipe", default="default", choices=list(TEACHER_RECIPES),
+                   help="training recipe: default (SGD 0.1, batch 256) or airnet (SGD 0.4, batch 512, for --arch "
+                   "airnet); both one-cycle, label smoothing 0.2, translate+flip")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--subset", help="index file from `ddkit select`")
     p.add_argument("--out", help="also copy the checkpoint here")
@@ -320,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True)
     p.add_argument("--ipc", type=int, required=True, help="images per class")
     p.add_argument("--data", required=True)
-    _teacher_args(p, "teacher (from `ddkit teacher`)")
+    _teacher_args(p, "teacher (from `ddkit teacher`); several: soft labels and scores from the mean of their "
+                  "logits, pixels optimised against one of them per step, in turn", several=True)
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method setting, repeatable")
     p.add_argument("--seed", type=int, default=0)

@@ -25,8 +25,8 @@ from .data import ImageData, load_data, load_subset_file
 from .methods import Context, build_method
 from .models import embed
 from .rundir import DistilledSet, write_run
-from .teacher import load_teacher
-from .utils import DDKitError, check_output, load_torch, resolve_device, save_torch, stable_hash
+from .teacher import load_teachers
+from .utils import DDKitError, check_output, listed, load_torch, resolve_device, save_torch, stable_hash
 
 
 @dataclass
@@ -34,8 +34,9 @@ class DistillConfig:
     method: str = "random"
     ipc: int = 10
     data: str = "digits"
-    teacher: str | None = None           # checkpoint path or zoo spec (required by methods that need one)
-    teacher_weights: str | None = None   # state dict of a zoo-spec teacher (default: the library's cache)
+    teacher: str | list[str] | None = None   # checkpoint path or zoo spec (required by methods that need
+    #                                          one); several: an ensemble (see prepare)
+    teacher_weights: str | list[str] | None = None   # state dict of each zoo-spec teacher (default: the cache)
     subset: str | None = None            # `ddkit select` index file
     seed: int = 0
     classes_per_group: int = 0           # 0: all classes in one batch (best throughput at CIFAR scale)
@@ -79,12 +80,15 @@ def prepare(cfg: DistillConfig, method, device) -> tuple[ImageData, torch.nn.Mod
         if not cfg.teacher:
             raise DDKitError(f"method {cfg.method!r} needs a teacher: pass --teacher CHECKPOINT "
                              f"(make one with `ddkit teacher`) or a pretrained one, e.g. torchvision:resnet18")
-        teacher, ck = load_teacher(cfg.teacher, cfg.teacher_weights, train.classes, train.image_size, device)
+        # several teachers: soft labels and scores from the mean of their logits, pixel optimisation
+        # against one member per step (ddkit.engine.recover)
+        teacher, ck = load_teachers(listed(cfg.teacher), listed(cfg.teacher_weights) or None, train.classes,
+                                    train.image_size, device)
         if ck["image_size"] != train.image_size:
             raise DDKitError(f"teacher {cfg.teacher} was trained on {ck['image_size']} px images, "
                              f"data has {train.image_size} px")
         train.mean, train.std = tuple(ck["mean"]), tuple(ck["std"])  # synthesise in the teacher's space
-        tinfo = {"arch": ck["arch"], "test_acc": ck.get("test_acc"), "path": str(cfg.teacher),
+        tinfo = {"arch": ck["arch"], "test_acc": ck.get("test_acc"), "path": cfg.teacher,
                  "weights": ck.get("imported_from"), "stats_from": ck.get("stats_from")}
     if cfg.ipc < 1:
         raise DDKitError(f"--ipc must be at least 1, got {cfg.ipc}")

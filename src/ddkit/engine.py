@@ -108,15 +108,21 @@ def data_bn_stats(model: nn.Module, images: torch.Tensor, normalize, device,
     return [(acc[bn][1].float(), (acc[bn][2] / acc[bn][0]).float()) for bn in bns]
 
 
+def members(teacher: nn.Module) -> list[nn.Module]:
+    """The models of an ensemble teacher (ddkit.teacher.Ensemble), or the teacher itself."""
+    return list(getattr(teacher, "members", [teacher]))
+
+
 class BNStatLoss:
     """Forward hooks on every BatchNorm2d: distance of batch statistics of its input to the targets
-    (the layer's running stats unless `targets` gives one (mean, var) per layer)."""
+    (the layer's running stats unless `targets` gives one (mean, var) per layer). The first BN layer of
+    each model (each ensemble member) weighs `first_mult`; layers not run in a step add nothing."""
 
     def __init__(self, model: nn.Module, first_mult: float = 10.0,
                  targets: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
         self.bns = bn_layers(model)
         self.targets = {bn: t for bn, t in zip(self.bns, targets)} if targets else {}
-        self.mults = [first_mult] + [1.0] * (len(self.bns) - 1)
+        self.mults = {bn: first_mult if i == 0 else 1.0 for m in members(model) for i, bn in enumerate(bn_layers(m))}
         self.terms: list[torch.Tensor] = []
         self.handles = [bn.register_forward_hook(self._hook) for bn in self.bns]
 
@@ -124,10 +130,11 @@ class BNStatLoss:
         with torch.autocast(inputs[0].device.type, enabled=False):  # fp32 statistics under mixed precision
             mean, var = BatchStats.apply(inputs[0].float())
             tm, tv = self.targets.get(module, (module.running_mean, module.running_var))
-            self.terms.append(torch.linalg.vector_norm(mean - tm) + torch.linalg.vector_norm(var - tv))
+            self.terms.append(self.mults[module] * (torch.linalg.vector_norm(mean - tm) +
+                                                    torch.linalg.vector_norm(var - tv)))
 
     def pop(self) -> torch.Tensor:
-        loss = sum(m * t for m, t in zip(self.mults, self.terms))
+        loss = sum(self.terms)
         self.terms = []
         return loss
 
@@ -185,7 +192,9 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
             sampler=None, progress: bool = True, desc: str = "recover", checkpoint: str | None = None,
             bn_targets: list[tuple[torch.Tensor, torch.Tensor]] | None = None, amp: bool = True,
             compile: bool = False) -> RecoverResult:
-    """Optimise x0 (normalised, on the teacher's device) against the frozen teacher.
+    """Optimise x0 (normalised, on the teacher's device) against the frozen teacher. An ensemble teacher is
+    used one member per step, in turn (CE and BN statistics of that member: E2D's multi-teacher recovery),
+    which costs one model's forward per step rather than all of them.
 
     `amp`: mixed precision where the device has it (TrainConfig.amp); `compile`: torch.compile the
     teacher's forward (its BN hooks included).
@@ -205,7 +214,7 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
     except ValueError as e:  # torch's own check of lr / betas, e.g. "Invalid learning rate: -1.0"
         raise DDKitError(f"{desc}: {e}; check --set lr and betas") from None
     bn = BNStatLoss(teacher, cfg.first_bn_mult, bn_targets)
-    forward = compiled(teacher, compile)  # after the hooks are in place, so they are traced with it
+    nets = [compiled(m, compile) for m in members(teacher)]  # after the hooks are in place: traced with them
     sampler = sampler or UniformSampler(cfg, x0.shape[-1])
     start = start_iter.to(device) if start_iter is not None else torch.zeros(len(x0), dtype=torch.long, device=device)
     updates = torch.zeros(len(x0), dtype=torch.long)
@@ -260,7 +269,7 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
             if cfg.flip:
                 xa = random_flip(xa, gen)
             with prec.autocast():
-                logits = forward(xa.contiguous(memory_format=torch.channels_last))
+                logits = nets[it % len(nets)](xa.contiguous(memory_format=torch.channels_last))
             ce = F.cross_entropy(logits.float(), y[active], reduction="none")
             bn_loss = bn.pop()
             loss = ce.mean() + cfg.r_bn * bn_loss

@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 
 from .utils import DDKitError
@@ -125,6 +126,53 @@ def convnet3_in(num_classes, image_size=32, in_channels=3):
 @register("convnet4")
 def convnet4(num_classes, image_size=64, in_channels=3):
     return ConvNet(num_classes, image_size, in_channels, depth=4, norm="batch")
+
+
+class AirNet(nn.Module):
+    """A fast CIFAR teacher in the style of airbench94: a 2x2 patch-whitening conv, three groups of
+    [conv3x3 -> max-pool2 -> BN -> GELU -> conv3x3 -> BN -> GELU] (widths 64/256/256), global max-pool,
+    a linear head scaled by 1/9 (keeps early logits small, which label smoothing and high SGD learning
+    rates need). `init_from_data` sets the first layer to whiten the data's 2x2 patches and freezes it;
+    without it (students) that layer trains as an ordinary conv."""
+
+    def __init__(self, num_classes: int, image_size: int = 32, in_channels: int = 3,
+                 widths: tuple[int, ...] = (64, 256, 256)):
+        super().__init__()
+        self.whiten = nn.Conv2d(in_channels, 2 * in_channels * 4, 2)
+        layers, ch, size = [], self.whiten.out_channels, image_size - 1
+        for w in widths:
+            pool = size >= 2  # tiny inputs (tests) stop pooling at 1x1
+            layers += [nn.Conv2d(ch, w, 3, padding=1, bias=False), nn.MaxPool2d(2) if pool else nn.Identity(),
+                       nn.BatchNorm2d(w), nn.GELU(), nn.Conv2d(w, w, 3, padding=1, bias=False),
+                       nn.BatchNorm2d(w), nn.GELU()]
+            ch, size = w, size // 2 if pool else size
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(ch, num_classes, bias=False)
+
+    def forward(self, x):
+        x = self.features(F.gelu(self.whiten(x)))
+        return self.head(torch.amax(x, dim=(2, 3))) / 9
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, eps: float = 5e-4) -> None:
+        """Whitening filters from normalised images x: the eigenvectors of the 2x2 patch covariance, each
+        scaled by 1/sqrt(eigenvalue) and used with both signs (so GELU keeps both halves of each direction)."""
+        k, d = self.whiten.kernel_size[0], x.shape[1] * self.whiten.kernel_size[0] ** 2
+        total, outer, count = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64), 0
+        for chunk in x.split(64):  # bounded memory at any resolution
+            p = F.unfold(chunk.double(), k).transpose(1, 2).reshape(-1, d)
+            total, outer, count = total + p.sum(0), outer + p.T @ p, count + len(p)
+        mean = total / count
+        evals, evecs = torch.linalg.eigh(((outer - count * torch.outer(mean, mean)) / (count - 1)).float())
+        w = (evecs / (evals + eps).sqrt()).T.reshape(-1, x.shape[1], k, k)
+        self.whiten.weight.copy_(torch.cat([w, -w]))
+        self.whiten.bias.zero_()
+        self.whiten.weight.requires_grad_(False)
+
+
+@register("airnet")
+def airnet(num_classes, image_size=32, in_channels=3):
+    return AirNet(num_classes, image_size, in_channels)
 
 
 def _has_resnet_stem(model: nn.Module) -> bool:

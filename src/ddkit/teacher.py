@@ -23,6 +23,7 @@ from .utils import DDKitError, cache_dir, check_output, load_torch, save_torch, 
 from .zoo import Pretrained, find_weights, pretrained
 
 FORMAT = "ddkit-model-v1"
+WHITEN_SAMPLE = 1000  # training images whose patch statistics initialise a whitening layer
 
 
 def data_hash(data: ImageData) -> str:
@@ -167,6 +168,9 @@ def train_teacher(train: ImageData, test: ImageData | None, arch: str = "convnet
     device = torch.device(device)
     torch.manual_seed(seed)  # the initial weights are part of what the seed reproduces
     model = build_model(arch, train.num_classes, train.image_size)
+    if hasattr(model, "init_from_data"):  # a data-dependent first layer (AirNet's whitening), seeded too
+        sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:WHITEN_SAMPLE]
+        model.init_from_data(train.normalize(train.images[sample]))
     t0 = time.time()
     hist = fit(model, train.images, train.labels, train.normalize, recipe, device, seed=seed,
                checkpoint=str(cached.with_suffix(".partial")), desc=f"teacher {arch}", progress=progress)
@@ -197,7 +201,9 @@ def _weights_per(paths: list[str], weights: list[str] | None) -> list[str | None
 
 
 class Ensemble(nn.Module):
-    """Several teachers as one: the mean of their logits (G-VBSM/EDC multi-teacher relabelling)."""
+    """Several teachers as one: the mean of their logits (G-VBSM/EDC multi-teacher relabelling). Pixel
+    optimisation uses the members in turn (ddkit.engine.recover); penultimate features (models.embed) are
+    the last member's."""
 
     def __init__(self, members: list[nn.Module]):
         super().__init__()

@@ -70,9 +70,19 @@ def config_id(cfg: TrainConfig) -> dict:
             if k != "compile" and (k not in _ADDED or v != _ADDED[k])}
 
 
-def teacher_recipe(epochs: int = 30) -> TrainConfig:
-    return TrainConfig(epochs=epochs, batch_size=256, optimizer="sgd", lr=0.1, weight_decay=5e-4,
-                       schedule="onecycle", label_smoothing=0.2, aug="translate")
+# Teacher recipes by name (`ddkit teacher --recipe`). `airnet`: a larger batch and peak LR for the
+# airbench-style net, whose 1/9-scaled head and whitened, frozen first layer take them (see models.AirNet).
+TEACHER_RECIPES = {
+    "default": dict(batch_size=256, lr=0.1),
+    "airnet": dict(batch_size=512, lr=0.4),
+}
+
+
+def teacher_recipe(epochs: int = 30, name: str = "default") -> TrainConfig:
+    if name not in TEACHER_RECIPES:
+        raise DDKitError(f"unknown teacher recipe {name!r}; choose from {', '.join(TEACHER_RECIPES)}")
+    return TrainConfig(epochs=epochs, optimizer="sgd", weight_decay=5e-4, schedule="onecycle",
+                       label_smoothing=0.2, aug="translate", **TEACHER_RECIPES[name])
 
 
 def student_recipe(epochs: int = 300) -> TrainConfig:

@@ -181,3 +181,8 @@ def parse_overrides(config_cls, overrides: dict[str, Any], base=None, what: str 
             raise DDKitError(f"bad value {raw!r} for setting {key!r}; choose from {', '.join(allowed)}")
         setattr(cfg, key, val)
     return cfg
+
+
+def listed(value) -> list:
+    """A config value that is one item or several (e.g. --teacher A B) as a list; None as []."""
+    return [] if value is None else [value] if isinstance(value, (str, os.PathLike)) else list(value)
