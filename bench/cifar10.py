@@ -13,7 +13,6 @@ interruption or extended with more methods.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path

@@ -21,6 +21,9 @@ def test_cli_end_to_end(dataset, tmp_path, capsys):
     for f in ("report.md", "grid.png", "curves.png", "config.json", "metrics.json", "data.pt"):
         assert (run / f).is_file(), f
     assert "convnet3/soft" in (run / "report.md").read_text()
+    metrics, config = (json.loads((run / f).read_text()) for f in ("metrics.json", "config.json"))
+    assert config["distill"]["amp"] == "auto" and metrics["precision"] == "fp32"   # the CPU default: no autocast
+    assert all(e["seeds"]["0"]["precision"] == "fp32" for e in metrics["evaluation"].values())
     # a peer's protocol, a field override and an ensemble of two teachers (the same checkpoint twice)
     assert main(["evaluate", str(run), "--protocol", "rded", "--pset", "eval_every=1", "--teacher", str(t), str(t),
                  "--seeds", "1", "--epochs", "2", "--quiet"]) == 0
@@ -50,7 +53,7 @@ def test_ddranking_metrics_from_stored_results(dataset, teacher_path, tmp_path, 
 
 def test_edc_protocol_from_the_cli_records_final_and_best_after_80_percent(dataset, teacher_path, tmp_path, capsys):
     from ddkit.cli import _eval_config, build_parser
-    epochs = {n: _eval_config(build_parser().parse_args(["evaluate", "r", "--protocol", n]), ()).epochs
+    epochs = {n: _eval_config(build_parser().parse_args(["evaluate", "r", "--protocol", n]), (), "cpu").epochs
               for n in ("edc", "ddkit")}
     assert epochs == {"edc": 1000, "ddkit": 300}   # edc's own default, unless --epochs says otherwise
     run = tmp_path / "run"
@@ -74,6 +77,9 @@ def test_edc_protocol_from_the_cli_records_final_and_best_after_80_percent(datas
     (["evaluate", "--full", "--data", "{data}", "--labels", "hard", "--epochs", "0"], "must be at least 1"),
     (["evaluate", "--full", "--data", "{data}", "--labels", "hard", "--protocol", "nope"], "unknown protocol"),
     (["evaluate", "--full", "--data", "{data}", "--labels", "hard", "--pset", "lr"], "--pset expects key=value"),
+    (["teacher", "--data", "{data}", "--epochs", "1", "--device", "cpu", "--amp", "on"], "--amp on needs a CUDA"),
+    (["distill", "--method", "random", "--ipc", "1", "--data", "{data}", "--out", "{tmp}/r", "--device", "cpu",
+      "--amp", "on"], "--amp on needs a CUDA"),
 ])
 def test_bad_input_is_one_line_and_nonzero(argv, message, dataset, tmp_path):
     argv = [a.format(data=dataset, tmp=tmp_path) for a in argv]
@@ -175,3 +181,30 @@ assert main(common + ["ddoq", "--set", "encoder=vae", "--set", "vae=x", "--out",
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "pip install 'ddkit[diffusers]'" in p.stderr and (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_amp_and_compile_flags_reach_each_command_config(dataset, teacher_path, tmp_path, monkeypatch):
+    import ddkit.distill
+    import ddkit.evaluate
+    import ddkit.teacher
+    seen = {}
+
+    def capture(name):
+        def fn(*args, **kw):
+            seen[name] = args
+            raise SystemExit(0)  # the configuration is what is checked here, not the work
+        return fn
+    monkeypatch.setattr(ddkit.teacher, "train_teacher", capture("teacher"))
+    monkeypatch.setattr(ddkit.distill, "distill", capture("distill"))
+    monkeypatch.setattr(ddkit.evaluate, "evaluate_set", capture("evaluate"))
+    for argv in (["teacher", "--data", str(dataset)], ["distill", "--method", "random", "--ipc", "1", "--data",
+                 str(dataset), "--out", str(tmp_path / "r")], ["evaluate", "--full", "--data", str(dataset),
+                 "--teacher", str(teacher_path)]):
+        with pytest.raises(SystemExit):
+            main([*argv, "--amp", "off", "--compile", "--quiet", "--device", "cpu"])
+    recipe, dcfg, ecfg = seen["teacher"][3], seen["distill"][0], seen["evaluate"][3]
+    assert (recipe.amp, recipe.compile) == (False, True)
+    assert (dcfg.amp, dcfg.compile) == ("off", True)
+    assert (ecfg.amp, ecfg.compile) == (False, True)
+    from ddkit.train import config_id, teacher_recipe
+    assert config_id(recipe) == config_id(teacher_recipe(12))  # --compile, --amp: the same cached teacher

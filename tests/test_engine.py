@@ -86,6 +86,42 @@ def test_data_bn_stats_are_the_statistics_of_the_whole_pool(teacher_path, datase
     running.close()
 
 
+def test_bn_statistics_stay_fp32_under_mixed_precision(teacher_path):
+    teacher, *_ = _setup(teacher_path)
+    seen = []
+    bn = BNStatLoss(teacher)
+    bn.bns[1].register_forward_hook(lambda m, i, o: seen.append(i[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        teacher(torch.randn(4, 3, 8, 8))
+    bn.close()
+    assert seen == [torch.bfloat16]                                   # the layer's input is low precision ...
+    assert [t.dtype for t in bn.terms] == [torch.float32] * 3         # ... its statistics' distances are not
+
+
+def test_recover_under_fp16_loss_scaling_keeps_fp32_pixels(teacher_path, monkeypatch):
+    import ddkit.engine
+    from ddkit.accel import Precision
+    monkeypatch.setattr(ddkit.engine, "mixed_precision", lambda device, amp: Precision("cpu", torch.float16))
+    teacher, x0, y, lo, hi = _setup(teacher_path)
+    res = recover(teacher, x0, y, RecoverConfig(iterations=8, crop="per_image", log_every=1), lo, hi,
+                  torch.Generator().manual_seed(0), progress=False)
+    assert res.x.dtype == torch.float32 and not torch.equal(res.x, x0) and torch.isfinite(res.x).all()
+    assert res.curve["bn"][-1] < res.curve["bn"][0]
+
+
+def test_compiled_teacher_forward_gives_the_same_images(teacher_path, monkeypatch):
+    import ddkit.accel
+    graphs = []
+
+    def backend(gm, example_inputs):  # dynamo's tracing (BN hooks included) without inductor's C compiler
+        graphs.append(gm)
+        return gm.forward
+    monkeypatch.setattr(ddkit.accel, "COMPILE_OPTIONS", {"backend": backend})
+    teacher, x0, y, lo, hi = _setup(teacher_path)
+    cfg = RecoverConfig(iterations=4, crop="per_image", log_every=1)
+    ref = recover(teacher, x0, y, cfg, lo, hi, torch.Generator().manual_seed(0), progress=False)
+    comp = recover(teacher, x0, y, cfg, lo, hi, torch.Generator().manual_seed(0), progress=False, compile=True)
+    assert graphs and torch.equal(comp.x, ref.x) and comp.curve == ref.curve
 def test_an_ensemble_is_recovered_against_one_member_per_step_in_turn(teacher_path):
     from ddkit.teacher import Ensemble
     teacher, x0, y, lo, hi = _setup(teacher_path)

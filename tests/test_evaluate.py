@@ -75,7 +75,7 @@ def test_weights_reach_the_loss(eval_inputs, monkeypatch):
 
     def spy(*a, weights=None, **k):
         seen["w"] = weights
-        return {"loss": [0.0], "resumed_s": 0.0}
+        return {"loss": [0.0], "resumed_s": 0.0, "precision": "fp32"}
     monkeypatch.setattr("ddkit.evaluate.fit", spy)
     ds = DistilledSet(torch.rand(3, 3, 8, 8), torch.tensor([0, 1, 2]), test.classes, torch.tensor([1.0, 2.0, 3.0]))
     evaluate_set(ds, test, teacher, EvalConfig(seeds=1, epochs=1), torch.device("cpu"), progress=False)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import ddkit.accel
 import ddkit.train
 from ddkit.models import build_model
 from ddkit.train import TrainConfig, fit, weight_ema
@@ -135,3 +136,48 @@ def test_fit_with_ema_ends_with_the_step_by_step_ema_of_the_weights():
         torch.testing.assert_close(final[k], ema[k])
         assert not torch.equal(final[k], seen[-1][k])
     assert torch.equal(final["1.running_var"], seen[-1]["1.running_var"])   # the trained model's BN statistics
+
+
+def _train(cfg, seed=0, **kw):
+    x, y = _data()
+    torch.manual_seed(seed)
+    m = build_model("convnet3", 2, 8)
+    hist = fit(m, x, y, lambda t: t, cfg, torch.device("cpu"), seed=seed, progress=False, **kw)
+    return m, hist
+
+
+def test_cpu_training_does_not_depend_on_the_amp_switch():
+    on, h_on = _train(TrainConfig(epochs=2, batch_size=4, aug="rrc", amp=True))
+    off, h_off = _train(TrainConfig(epochs=2, batch_size=4, aug="rrc", amp=False))
+    assert h_on["precision"] == h_off["precision"] == "fp32"
+    assert all(torch.equal(a, b) for a, b in zip(on.state_dict().values(), off.state_dict().values()))
+
+
+def test_fp16_with_loss_scaling_trains_and_checkpoints_its_scaler(tmp_path, monkeypatch):
+    # the CUDA fp16 path (GPUs without native bf16), run on CPU by injecting the precision
+    from ddkit.accel import Precision
+    monkeypatch.setattr(ddkit.train, "mixed_precision", lambda device, amp: Precision("cpu", torch.float16))
+    ck = tmp_path / "ck.pt"
+    m, hist = _train(TrainConfig(epochs=2, batch_size=4, aug="none"), checkpoint=str(ck))
+    state = load_torch(ck)
+    assert hist["precision"] == "fp16" and all(v == v and abs(v) < 1e3 for v in hist["loss"])
+    assert all(p.dtype == torch.float32 for p in m.parameters())         # master weights stay fp32
+    assert 0 < state["scaler"]["scale"] <= 2.0 ** 16                       # the scale resumes with the run
+    fresh = build_model("convnet3", 2, 8)
+    x, y = _data()
+    hist2 = fit(fresh, x, y, lambda t: t, TrainConfig(epochs=2, batch_size=4, aug="none"), torch.device("cpu"),
+                checkpoint=str(ck), progress=False)
+    assert hist2["loss"] == hist["loss"]                                   # finished: nothing retrained
+
+
+def test_compiled_training_matches_eager(monkeypatch):
+    graphs = []
+
+    def backend(gm, example_inputs):  # dynamo's tracing without inductor's C compiler: run the traced graph
+        graphs.append(gm)
+        return gm.forward
+    monkeypatch.setattr(ddkit.accel, "COMPILE_OPTIONS", {"backend": backend})
+    ref, _ = _train(TrainConfig(epochs=1, batch_size=4, aug="rrc"))
+    assert graphs == []
+    comp, _ = _train(TrainConfig(epochs=1, batch_size=4, aug="rrc", compile=True))
+    assert graphs and all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), comp.state_dict().values()))

@@ -37,6 +37,13 @@ def _data_args(p: argparse.ArgumentParser, size_help: str = "") -> None:
                    "(default: the images' own size, or 224 for photos of mixed size)" + size_help)
 
 
+def _accel_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision: bf16 autocast "
+                   "where the GPU has it, else fp16 with loss scaling; auto = on for CUDA, off for CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the models trained and the teacher's "
+                   "forward (pays off on long GPU runs)")
+
+
 def finite_float(raw: str) -> float:
     v = float(raw)
     if not math.isfinite(v):
@@ -75,14 +82,16 @@ def _teacher_args(p: argparse.ArgumentParser, help: str, several: bool = False) 
                    "reachable)" + ("; one per such teacher, in order" if several else ""))
 
 
-def _eval_config(a, teacher_ids: tuple[str, ...]):
+def _eval_config(a, teacher_ids: tuple[str, ...], device):
+    from .accel import amp_enabled
     from .evaluate import EvalConfig
     from .protocols import DEFAULT_EPOCHS, preset
     fields = _settings(a.pset, "--pset")
     fields.update({k: v for k, v in (("batch_size", a.batch_size), ("temperature", a.temperature)) if v is not None})
     epochs = a.epochs if a.epochs is not None else DEFAULT_EPOCHS.get(a.protocol, 300)
     return EvalConfig(archs=tuple(a.arch), seeds=a.seeds, label_mode=a.labels, epochs=epochs,
-                      use_weights=not a.no_weights, protocol=preset(a.protocol, fields), teachers=teacher_ids)
+                      use_weights=not a.no_weights, protocol=preset(a.protocol, fields), teachers=teacher_ids,
+                      amp=amp_enabled(a.amp, device), compile=a.compile)
 
 
 def _settings(pairs: list[str], flag: str = "--set") -> dict[str, str]:
@@ -96,6 +105,7 @@ def _settings(pairs: list[str], flag: str = "--set") -> dict[str, str]:
 
 
 def cmd_teacher(a) -> None:
+    from .accel import amp_enabled
     from .data import load_subset_file
     from .stream import open_splits
     from .teacher import train_teacher
@@ -110,13 +120,15 @@ def cmd_teacher(a) -> None:
     train, test = open_splits(a.data, a.test_data, a.image_size, a.data_backend, a.on_bad_image)
     if a.subset:
         train = load_subset_file(a.subset, train)
+    dev = dist.local_device(resolve_device(a.device))
     recipe = teacher_recipe(a.epochs, a.recipe)
-    recipe = dataclasses.replace(recipe, lr=a.lr) if a.lr else recipe
-    _, ck = train_teacher(train, test, a.arch, recipe, a.seed, dist.local_device(resolve_device(a.device)),
-                          a.out, use_cache=not a.no_cache, progress=not a.quiet)
+    recipe = dataclasses.replace(recipe, lr=a.lr or recipe.lr, amp=amp_enabled(a.amp, dev), compile=a.compile)
+    _, ck = train_teacher(train, test, a.arch, recipe, a.seed, dev, a.out, use_cache=not a.no_cache,
+                          progress=not a.quiet)
     if dist.is_main():
         print(json.dumps({"teacher": ck["path"], "arch": ck["arch"], "test_acc": ck.get("test_acc"),
-                          "train_time_s": ck.get("train_time_s"), "cached": ck["cached"]}))
+                          "train_time_s": ck.get("train_time_s"), "cached": ck["cached"],
+                          "precision": ck.get("precision")}))
 
 
 def cmd_import(a) -> None:
@@ -196,7 +208,7 @@ def cmd_evaluate(a) -> None:
         check_output(a.json)
     test, teacher, teacher_ids = _load_eval_inputs(cfg_data, a.teacher, a.teacher_weights, dev, a.test_data,
                                                    a.on_bad_image, size, a.data_backend)
-    cfg = _eval_config(a, teacher_ids)
+    cfg = _eval_config(a, teacher_ids, dev)
     if a.full:
         train = open_data(a.data, "train", size, a.data_backend, on_bad_image=a.on_bad_image)
         if a.subset:
@@ -246,7 +258,8 @@ def cmd_distill(a) -> None:
     cfg = DistillConfig(method=a.method, ipc=a.ipc, data=absolute(a.data), teacher=one_or_several(a.teacher),
                         teacher_weights=one_or_several(a.teacher_weights), subset=absolute(a.subset), seed=a.seed,
                         classes_per_group=a.classes_per_group, settings=_settings(a.set),
-                        on_bad_image=a.on_bad_image, data_backend=a.data_backend, image_size=a.image_size)
+                        on_bad_image=a.on_bad_image, data_backend=a.data_backend, image_size=a.image_size,
+                        amp=a.amp, compile=a.compile)
     out = distill(cfg, a.out, a.device, overwrite=a.overwrite, progress=not a.quiet)
     if out is not None:  # None on torchrun ranks other than 0: rank 0 writes the run
         write_report(out)
@@ -319,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "library's cache, or its download where the internet is reachable)")
     p.add_argument("--stats", choices=["model", "data"], help="with --import: normalise as the weights were "
                    "trained (model, the default) or with --data's channel statistics")
+    _accel_args(p)
     _data_args(p, "; with --import: the resolution it is used at (default: --data's, else its pretrained input size)")
     _common(p)
     p.set_defaults(fn=cmd_teacher)
@@ -338,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", action="store_true", help="evaluate the run afterwards")
     p.add_argument("--json", help="write evaluation results to this file")
     _eval_args(p)
+    _accel_args(p)
     _data_args(p)
     _common(p)
     p.set_defaults(fn=cmd_distill)
@@ -351,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", help="with --full: train on the kept samples of this index file")
     p.add_argument("--json", help="write results to this file")
     _eval_args(p)
+    _accel_args(p)
     _data_args(p)
     _common(p)
     p.set_defaults(fn=cmd_evaluate)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import dist
+from .accel import amp_enabled, mixed_precision
 from .data import Images, load_subset_file
 from .methods import Context, build_method
 from .models import embed
@@ -44,6 +45,8 @@ class DistillConfig:
     on_bad_image: str = "error"          # error | skip: unreadable files stop the run, or are left out
     data_backend: str = "auto"           # auto | memory | stream (see ddkit.stream.choose_backend)
     image_size: int | None = None        # working resolution (default: the images' own, or 224 for photos)
+    amp: str = "auto"                    # mixed precision: auto (on CUDA) | on | off (ddkit.accel)
+    compile: bool = False                # torch.compile the teacher's forward in the engine
 
 
 def group_seed(seed: int, first_class: int) -> int:
@@ -103,6 +106,7 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
     dev = dist.local_device(resolve_device(device))
     if out.exists() and not overwrite:
         raise DDKitError(f"output folder {out} already exists; pass --overwrite or choose another --out")
+    amp = amp_enabled(cfg.amp, dev)
     method = build_method(cfg.method, cfg.settings)
     train, teacher, tinfo = prepare(cfg, method, dev)
     key = stable_hash({"cfg": dataclasses.asdict(cfg), "method": dataclasses.asdict(method.cfg)})
@@ -116,7 +120,8 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
             if gi % world != rank or path.is_file():
                 continue  # another rank's group, or finished before an interruption
             gen = torch.Generator().manual_seed(group_seed(cfg.seed, classes[0]))
-            ctx = Context(train, teacher, cfg.ipc, dev, gen, progress, checkpoint=str(path.with_suffix(".ckpt")))
+            ctx = Context(train, teacher, cfg.ipc, dev, gen, progress, checkpoint=str(path.with_suffix(".ckpt")),
+                          amp=amp, compile=cfg.compile)
             tg = time.time()
             res = method.run(ctx, classes)
             wall = time.time() - tg + res.info.get("resumed_wall_s", 0)  # with the work before an interruption
@@ -139,7 +144,8 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
                "driver_wall_s": round(time.time() - t0, 2), "groups": infos,
                "num_real": len(train), "teacher": tinfo,
                # unreadable files: the load's, and those a stream met decoding each group (on any rank)
-               "skipped_images": list(dict.fromkeys(train.skipped + [s for p in parts for s in p["skipped"]]))}
+               "skipped_images": list(dict.fromkeys(train.skipped + [s for p in parts for s in p["skipped"]])),
+               "precision": mixed_precision(dev, amp).name}
     for k in ("teacher_image_passes", "image_updates"):           # counters add up over groups
         if k in infos[0]:
             metrics[k] = sum(i[k] for i in infos)

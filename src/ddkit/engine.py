@@ -5,6 +5,8 @@ RandomResizedCrop box, per-image boxes, or a method's own boxes), forward the fr
 minimise  CE(T(xa), y) + r_bn * sum_l m_l (||mu_l - mu_l^run||_2 + ||var_l - var_l^run||_2)  with Adam
 (cosine LR per iteration), then clamp x to the valid pixel range. Methods say how x is initialised,
 when each image joins (`start_iter`) and which boxes are used (`sampler`); the engine owns the rest.
+On CUDA the teacher's forward runs under mixed precision (ddkit.accel); x, Adam's state, the CE and the BN
+statistics and their distances stay fp32.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .accel import compiled, configure, mixed_precision
 from .augment import crop_resize, random_flip, sample_boxes
 from .progress import steps
 from .utils import STOP, DDKitError, load_torch, save_torch
@@ -124,9 +127,11 @@ class BNStatLoss:
         self.handles = [bn.register_forward_hook(self._hook) for bn in self.bns]
 
     def _hook(self, module, inputs, output):
-        mean, var = BatchStats.apply(inputs[0].float())
-        tm, tv = self.targets.get(module, (module.running_mean, module.running_var))
-        self.terms.append(self.mults[module] * (torch.linalg.vector_norm(mean - tm) + torch.linalg.vector_norm(var - tv)))
+        with torch.autocast(inputs[0].device.type, enabled=False):  # fp32 statistics under mixed precision
+            mean, var = BatchStats.apply(inputs[0].float())
+            tm, tv = self.targets.get(module, (module.running_mean, module.running_var))
+            self.terms.append(self.mults[module] * (torch.linalg.vector_norm(mean - tm) +
+                                                    torch.linalg.vector_norm(var - tv)))
 
     def pop(self) -> torch.Tensor:
         loss = sum(self.terms)
@@ -185,17 +190,21 @@ class RecoverResult:
 def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverConfig, lo: torch.Tensor,
             hi: torch.Tensor, gen: torch.Generator, start_iter: torch.Tensor | None = None,
             sampler=None, progress: bool = True, desc: str = "recover", checkpoint: str | None = None,
-            bn_targets: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> RecoverResult:
+            bn_targets: list[tuple[torch.Tensor, torch.Tensor]] | None = None, amp: bool = True,
+            compile: bool = False) -> RecoverResult:
     """Optimise x0 (normalised, on the teacher's device) against the frozen teacher. An ensemble teacher is
     used one member per step, in turn (CE and BN statistics of that member: E2D's multi-teacher recovery),
     which costs one model's forward per step rather than all of them.
+
+    `amp`: mixed precision where the device has it (TrainConfig.amp); `compile`: torch.compile the
+    teacher's forward (its BN hooks included).
 
     With `checkpoint`, the whole state (pixels, Adam, generator, sampler, step, curve) is saved every
     cfg.checkpoint_every steps and on a stop request (SIGTERM); a later call with the same arguments
     continues from it and ends bit-identical to an uninterrupted run.
     """
     device = x0.device
-    teacher.eval()
+    teacher.eval().to(memory_format=torch.channels_last)  # as its inputs: no layout change per conv
     for p in teacher.parameters():
         p.requires_grad_(False)
     x = nn.Parameter(x0.clone())
@@ -204,13 +213,16 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
         opt = torch.optim.Adam([x], lr=cfg.lr, betas=cfg.betas)
     except ValueError as e:  # torch's own check of lr / betas, e.g. "Invalid learning rate: -1.0"
         raise DDKitError(f"{desc}: {e}; check --set lr and betas") from None
-    bn, nets = BNStatLoss(teacher, cfg.first_bn_mult, bn_targets), members(teacher)
+    bn = BNStatLoss(teacher, cfg.first_bn_mult, bn_targets)
+    nets = [compiled(m, compile) for m in members(teacher)]  # after the hooks are in place: traced with them
     sampler = sampler or UniformSampler(cfg, x0.shape[-1])
     start = start_iter.to(device) if start_iter is not None else torch.zeros(len(x0), dtype=torch.long, device=device)
     updates = torch.zeros(len(x0), dtype=torch.long)
     curve = {"iteration": [], "ce": [], "bn": [], "loss": []}
     lo, hi = lo.to(device).view(1, -1, 1, 1), hi.to(device).view(1, -1, 1, 1)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    prec = mixed_precision(device, amp)
+    configure(device)
+    scaler = prec.scaler()
     t0, passes, it, first, before = time.time(), 0, 0, 0, 0.0
     if checkpoint:
         try:
@@ -225,11 +237,13 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
             sampler.load_state_dict(st["sampler"])
             updates, curve, passes, first = st["updates"], st["curve"], st["passes"], st["it"]
             before = st.get("elapsed_s", 0.0)
+            if st.get("scaler"):
+                scaler.load_state_dict(st["scaler"])
 
     def save(next_it: int):
         save_torch({"x": x.detach().cpu(), "opt": opt.state_dict(), "gen": gen.get_state(), "it": next_it,
                     "sampler": sampler.state_dict(), "updates": updates, "curve": curve, "passes": passes,
-                    "elapsed_s": before + time.time() - t0},
+                    "scaler": scaler.state_dict(), "elapsed_s": before + time.time() - t0},
                    checkpoint)
 
     bar = steps(first, cfg.iterations, desc, enabled=progress)
@@ -254,7 +268,7 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
                 xa = torch.roll(xa, shifts=(dy, dx), dims=(2, 3))
             if cfg.flip:
                 xa = random_flip(xa, gen)
-            with amp:
+            with prec.autocast():
                 logits = nets[it % len(nets)](xa.contiguous(memory_format=torch.channels_last))
             ce = F.cross_entropy(logits.float(), y[active], reduction="none")
             bn_loss = bn.pop()
@@ -262,8 +276,9 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
             if not torch.isfinite(loss):
                 raise DDKitError(f"{desc}: loss became {loss.item()} at iteration {it}; lower --set lr")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             with torch.no_grad():
                 x.clamp_(min=lo, max=hi)
             updates[active.cpu()] += 1

@@ -38,6 +38,9 @@ class EvalConfig:
     use_weights: bool = True        # apply per-image weights when the set has them
     protocol: Protocol = field(default_factory=Protocol)
     teachers: tuple[str, ...] = ()  # content hashes of an ensemble's members (soft labels from several)
+    # how students are computed, like the device: saved with each result, not part of its key
+    amp: bool = True                # mixed precision where the device has it (ddkit.accel)
+    compile: bool = False           # torch.compile the students and the online teacher
 
     def key(self, arch: str) -> str:
         """Results of one protocol and arch: convnet3/soft/e300-<hash> for ddkit's protocol (the key it
@@ -130,7 +133,7 @@ def evaluate_set(ds: DistilledSet, test: Images, teacher: nn.Module | None, cfg:
         weights = ds.weights.float() * len(ds.weights) / ds.weights.float().sum()  # mean 1 over the set
     p = cfg.protocol
     ipc = round(len(labels) / len(labels.unique()))
-    tcfg = p.train_config(cfg.epochs, ipc, len(test.classes))
+    tcfg = dataclasses.replace(p.train_config(cfg.epochs, ipc, len(test.classes)), amp=cfg.amp, compile=cfg.compile)
     fkd = cfg.label_mode == "soft" and p.soft_labels == "fkd"
     if fkd and not torch.is_tensor(ds.images):
         raise DDKitError("stored (FKD) soft labels need the images in memory: use --data-backend memory")
@@ -169,7 +172,8 @@ def evaluate_set(ds: DistilledSet, test: Images, teacher: nn.Module | None, cfg:
                        labels_from=store, on_epoch=every if p.eval_every else None)
             acc = test_acc(student)
             entry["seeds"][str(seed)] = {"acc": acc, "wall_s": round(time.time() - t0 + hist["resumed_s"], 1),
-                                         "final_loss": round(hist["loss"][-1], 4), **_best(hist, acc, cfg)}
+                                         "final_loss": round(hist["loss"][-1], 4), "precision": hist["precision"],
+                                         **_best(hist, acc, cfg)}
             if run and dist.is_main():  # under torchrun every rank trained the same student
                 stored[key] = entry
                 update_metrics(run, evaluation=stored)

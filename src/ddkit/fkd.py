@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from . import dist
+from .accel import compiled, mixed_precision
 from .augment import Views
 from .progress import steps
 from .train import TrainConfig, epoch_views, render
@@ -77,14 +78,14 @@ def _relabel(folder: Path, manifest: dict, images, normalize, teacher, cfg: Trai
     mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
     teacher.to(device).eval().to(memory_format=mf)  # as fit runs an online teacher: the same logits
     images = images.to(device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    prec, forward = mixed_precision(device, cfg.amp), compiled(teacher, cfg.compile)
     bar = steps(done, cfg.epochs, "relabel (FKD)", unit="epoch", enabled=progress)
     for e in bar:
         parts = []
         for batch, v, _ in epoch_views(cfg, manifest["n"], manifest["batch_size"], hw, gen):
             x, _ = render(images, normalize, batch, v, slice(None))
-            with amp:
-                logits = teacher(x.contiguous(memory_format=mf)).half().cpu()
+            with prec.autocast():
+                logits = forward(x.contiguous(memory_format=mf)).half().cpu()
             if not torch.isfinite(logits).all():
                 raise DDKitError("relabel: the teacher's logits overflow fp16 (or are NaN); check the teacher")
             parts.append((batch, v, logits))

@@ -174,7 +174,7 @@ def train_teacher(train: Images, test: Images | None, arch: str = "convnet3",
     acc = accuracy(model, test.batches(None, 1000), test.labels, train.normalize, device) if test is not None \
         else None
     extra = {"test_acc": acc, "train_time_s": round(train_time, 1), "seed": seed, "data_hash": key,
-             "loss": hist["loss"], "num_train": len(train),
+             "loss": hist["loss"], "num_train": len(train), "precision": hist["precision"],
              "skipped_images": train.skipped + (test.skipped if test is not None else [])}
     if dist.is_main():  # under torchrun every rank holds the same weights; one writes
         save_checkpoint(cached, model, arch, train, recipe, **extra)

@@ -18,6 +18,9 @@ augmentation numbers, takes its contiguous share of each global batch, and the l
 averaged gradient is the 1-process gradient of the global batch. Models without BatchNorm therefore train
 the same as in one process (up to float summation order); BatchNorm becomes SyncBatchNorm on CUDA and
 stays per-rank on CPU (gloo has no SyncBatchNorm).
+
+On CUDA, steps run under mixed precision (`amp`, ddkit.accel: bf16, or fp16 with a GradScaler) and optionally
+torch.compile'd (`compile`); on CPU the loop is the fp32 loop, unchanged.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from . import dist
+from .accel import compiled, configure, mixed_precision
 from .augment import Views, apply_views, draw_views, paste, rand_augment
 from .progress import steps
 from .utils import STOP, DDKitError, load_torch, save_torch
@@ -55,7 +59,7 @@ class TrainConfig:
     rrc_scale: tuple[float, float] = (0.5, 1.0)
     temperature: float = 4.0
     channels_last: bool = True
-    amp: bool = True                # bf16 autocast, CUDA only
+    amp: bool = True                # mixed precision on CUDA (bf16, else fp16 + loss scaling; see ddkit.accel)
     lr_by_epoch: bool = False       # LR set once per epoch (the peers' per-epoch LambdaLR), not per step
     cutmix: float = 0.0             # CutMix beta on every batch (0 = off)
     kl_t2: bool = True              # soft-label KL times tau^2 (Hinton); RDED/SRe2L leave it out
@@ -66,6 +70,7 @@ class TrainConfig:
     ema: float = 0.0                # decay of an EMA of the weights, tested instead of them (0 = none; EDC 0.99)
     randaug_ops: int = 0            # torchvision RandAugment ops per view, before the crop (0 = off; EDC 2)
     randaug_magnitude: int = 9
+    compile: bool = False           # torch.compile the model trained and the online teacher
 
 
 _ADDED = {"lr_by_epoch": False, "cutmix": 0.0, "kl_t2": True, "bn_warm": False, "milestones": (0.8, 0.9, 0.95),
@@ -74,8 +79,10 @@ _ADDED = {"lr_by_epoch": False, "cutmix": 0.0, "kl_t2": True, "bn_warm": False, 
 
 def config_id(cfg: TrainConfig) -> dict:
     """The recipe as hashed into cache keys: fields added later are left out while at their defaults, so a
-    teacher cached before they existed keeps its key."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _ADDED or v != _ADDED[k]}
+    teacher cached before they existed keeps its key. How it runs is not what it is: `compile` is left out,
+    and `amp` (like the device, a matter of precision) keeps the value every key had before --amp existed."""
+    return {k: True if k == "amp" else v for k, v in dataclasses.asdict(cfg).items()
+            if k != "compile" and (k not in _ADDED or v != _ADDED[k])}
 
 
 # Teacher recipes by name (`ddkit teacher --recipe`). `airnet`: a larger batch and peak LR for the
@@ -160,10 +167,6 @@ def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
-def _amp(device: torch.device, cfg: TrainConfig):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
-
-
 @torch.no_grad()
 def batched_logits(model: nn.Module, batches, normalize, device):
     """Yield (start index, logits) over an iterable of image batches in eval mode, on `device`."""
@@ -223,6 +226,9 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
                            weight_decay=cfg.weight_decay) if cfg.optimizer == "sgd" else
            torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
     ema = weight_ema(model, cfg.ema) if cfg.ema else None
+    prec = mixed_precision(device, cfg.amp)
+    configure(device)
+    scaler = prec.scaler()
     start, history, before = 0, {"loss": []}, 0.0
     if checkpoint:
         try:
@@ -236,7 +242,10 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             if ema is not None:
                 ema.load_state_dict(state["ema"])
             start, history, before = state["epoch"], state["history"], state.get("elapsed_s", 0.0)
-    net = _data_parallel(model, device) if world > 1 else model
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+    net = compiled(_data_parallel(model, device) if world > 1 else model, cfg.compile)
+    teach = compiled(teacher, cfg.compile)
     saved = began = clock()
     bar = steps(start, cfg.epochs, desc, unit="epoch", enabled=progress)
     for epoch in bar:
@@ -259,14 +268,14 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             else:
                 x, plain = render(images, normalize, batch, views, rows)
             x = x.contiguous(memory_format=mf)
-            with _amp(device, cfg):
+            with prec.autocast():
                 if cfg.bn_warm:
                     with torch.no_grad():
                         net(plain.contiguous(memory_format=mf))
                 out = net(x)
                 if stored is not None or teacher is not None:
                     with torch.no_grad():
-                        t = stored[rows].to(device) if stored is not None else teacher(x)
+                        t = stored[rows].to(device) if stored is not None else teach(x)
                     per = soft_loss(out, t, cfg)
                     if cfg.ce_weight:
                         per = per + cfg.ce_weight * _cross_entropy(out.float(), labels, batch, views, rows, cfg, hw)
@@ -281,8 +290,9 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
                 kept = " (last good checkpoint kept)" if checkpoint else ""
                 raise DDKitError(f"{desc}: loss became {step_loss} at epoch {epoch}; lower the learning rate{kept}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             if ema is not None:
                 ema.update_parameters(model)
             tot += step_loss
@@ -295,14 +305,15 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
         if checkpoint and rank == 0 and (clock() - saved >= CHECKPOINT_S or epoch + 1 == cfg.epochs):
             saved = clock()
             save_torch({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                        "epoch": epoch + 1, "history": history,
+                        "epoch": epoch + 1, "history": history, "scaler": scaler.state_dict(),
                         "elapsed_s": before + clock() - began, **({"ema": ema.state_dict()} if ema else {})},
                        checkpoint)
     bar.close()
     if ema is not None:  # what the protocol tests
         model.load_state_dict(ema.module.state_dict())
     model.eval()
-    return {**history, "resumed_s": before}  # training time spent by interrupted attempts, up to their checkpoint
+    # resumed_s: training time spent by interrupted attempts, up to their checkpoint
+    return {**history, "resumed_s": before, "precision": prec.name}
 
 
 def _cross_entropy(out, labels, batch, v: Views, rows, cfg: TrainConfig, hw) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..accel import mixed_precision
 from ..data import Images
 from ..utils import DDKitError, parse_overrides  # noqa: F401  (parse_overrides: the methods' API)
 
@@ -32,6 +33,12 @@ class Context:
     gen: torch.Generator
     progress: bool = True
     checkpoint: str | None = None   # where an optimising method keeps its resumable state
+    amp: bool = True                # mixed precision where the device has it (ddkit.accel)
+    compile: bool = False           # torch.compile the teacher's forward in the engine
+
+    def autocast(self):
+        """The run's mixed precision, for a method's own teacher forwards (scoring, ranking)."""
+        return mixed_precision(self.device, self.amp).autocast()
 
     def real(self, idx: torch.Tensor, view: str = "center") -> torch.Tensor:
         """Normalised real images at `idx` (decoded in `view`, see ddkit.data.VIEWS), on the device."""

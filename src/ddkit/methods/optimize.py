@@ -36,7 +36,7 @@ def _recover(method, ctx: Context, x0: torch.Tensor, y: torch.Tensor, classes: l
     targets, stats_s = _bn_targets(method, ctx)
     res = recover(ctx.teacher, x0, y, _recover_cfg(method.cfg), lo, hi, ctx.gen, progress=ctx.progress,
                   desc=f"{method.name} {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint,
-                  bn_targets=targets, **kw)
+                  bn_targets=targets, amp=ctx.amp, compile=ctx.compile, **kw)
     return res, {"iterations_run": res.iterations_run, "teacher_image_passes": res.teacher_passes,
                  "image_updates": int(res.updates.sum()), "recover_wall_s": round(res.wall_s, 2),
                  "resumed_wall_s": round(res.resumed_s, 2), "resumed_from_iteration": res.resumed_from,
@@ -113,7 +113,8 @@ class DELT(Method):
             idx = idx[torch.randperm(len(idx), generator=ctx.gen)[:max(cfg.candidates, ctx.ipc)]]
         if cfg.init == "random":
             return ctx.real(idx[torch.randperm(len(idx), generator=ctx.gen)[:ctx.ipc]])
-        _, logits = embed(ctx.teacher, ctx.real(idx))
+        with ctx.autocast():
+            _, logits = embed(ctx.teacher, ctx.real(idx))
         prob = logits.softmax(1)[:, c]
         ranked = idx[prob.argsort().cpu()]        # ascending: hardest first
         if cfg.init == "medium":

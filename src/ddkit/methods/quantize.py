@@ -105,7 +105,7 @@ def train_autoencoder(ctx: Context, epochs: int, latent_ch: int, seed: int) -> A
         ae.load_state_dict(load_torch(path, "autoencoder"))
     else:
         cfg = TrainConfig(epochs=epochs, batch_size=256, optimizer="adamw", lr=2e-3, weight_decay=0.0,
-                          schedule="cosine", aug="none", channels_last=False)
+                          schedule="cosine", aug="none", channels_last=False, amp=ctx.amp)
         with torch.enable_grad():  # callers may be inside no_grad
             fit(_Recon(ae), train.fit_images, train.labels, train.normalize, cfg, ctx.device, seed=seed,
                 desc="autoencoder", progress=ctx.progress, loss_fn=_Recon.loss)

@@ -55,7 +55,9 @@ class RDED(Method):
             patches, losses = [], []
             for i in range(0, len(reps), cfg.batch_size):
                 full = crop_resize(reps[i:i + cfg.batch_size], boxes[i:i + cfg.batch_size], size)
-                losses.append(F.cross_entropy(T(full), torch.full((len(full),), c, device=ctx.device),
+                with ctx.autocast():
+                    logits = T(full).float()
+                losses.append(F.cross_entropy(logits, torch.full((len(full),), c, device=ctx.device),
                                               reduction="none"))
                 patches.append(F.interpolate(full, size=psize, mode="area") if f > 1 else full)
             losses, patches = torch.cat(losses).view(-1, cfg.crops), torch.cat(patches)

@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from ddkit.accel import Precision, amp_enabled, configure, mixed_precision
+from ddkit.utils import DDKitError
+
+
+@pytest.mark.parametrize("device, amp, bf16, name", [
+    ("cpu", True, None, "fp32"),      # CPU never autocasts (and asks CUDA nothing)
+    ("cpu", False, None, "fp32"),
+    ("cuda", True, True, "bf16"),     # Ampere and later
+    ("cuda", True, False, "fp16"),    # V100, T4: bf16 would be emulated
+    ("cuda", False, True, "fp32"),    # --amp off
+])
+def test_precision_is_chosen_from_the_device_facts(device, amp, bf16, name):
+    p = mixed_precision(device, amp, bf16=bf16)
+    assert p.name == name and p.device_type == device.split(":")[0]
+    assert p.scaled == (name == "fp16")  # a GradScaler only where gradients would underflow
+
+
+def test_amp_modes_auto_on_off():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda:1")
+    assert amp_enabled("auto", cpu) and mixed_precision(cpu, amp_enabled("auto", cpu)).name == "fp32"
+    assert amp_enabled("on", cuda) and amp_enabled("auto", cuda) and not amp_enabled("off", cuda)
+    with pytest.raises(DDKitError, match="--amp on needs a CUDA device"):
+        amp_enabled("on", cpu)
+    with pytest.raises(DDKitError, match="unknown --amp"):
+        amp_enabled("fast", cuda)
+
+
+def test_fp32_scaler_passes_the_step_through_and_fp16_scales_the_loss():
+    loss = torch.tensor(2.0)
+    assert Precision("cpu").scaler().scale(loss) is loss
+    assert Precision("cpu", torch.float16).scaler().scale(loss).item() == 2.0 * 2 ** 16
+
+
+def test_cudnn_autotuning_is_set_for_cuda_only(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    configure(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    configure(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is True
