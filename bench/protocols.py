@@ -13,7 +13,7 @@ command resumes; rows go to bench/results/cifar10_protocols/<tag>.json and the t
     python bench/protocols.py                                  # the whole grid (CPU hours; resumable)
     python bench/protocols.py --protocols rded sre2l ddranking # ... with ddkit's cells from bench/cifar10.py
     python bench/protocols.py --protocols rded --sets rded     # a slice of it
-    python bench/protocols.py --table-only                     # rebuild table.md from the stored rows
+    python bench/protocols.py --table-only                     # rebuild rows and table.md from what is stored
 """
 from __future__ import annotations
 
@@ -205,9 +205,12 @@ def main():
     for name in a.sets:
         for draw in SETS[name]:
             a.distill_seed = draw
-            if a.table_only:
+            if a.table_only:  # rows from the run folders present (seeds stored so far), else the stored rows
                 tag = f"{name}_ipc{a.ipc}" + (f"_seed{draw}" if draw else "")
-                if (a.out / f"{tag}.json").is_file():
+                if (a.runs / tag / "metrics.json").is_file():
+                    rows.append(row_of(tag, a.runs / tag, a))
+                    save_json(rows[-1], a.out / f"{tag}.json")
+                elif (a.out / f"{tag}.json").is_file():
                     rows.append(read_json(a.out / f"{tag}.json"))
                 continue
             tag, run = make_run(name, a.ipc, a, dev, teacher, test, runs=a.runs)
