@@ -116,6 +116,17 @@ def test_bad_images_on_the_stream_error_or_are_skipped_once(tmp_path, capsys):
     assert torch.equal(x[3], x[0])
 
 
+def test_a_class_with_no_readable_image_is_one_line_also_from_loader_workers(tmp_path, monkeypatch):
+    make_photos(tmp_path, per_class=2)
+    for f in (tmp_path / "frog").iterdir():
+        f.write_bytes(b"not an image")
+    monkeypatch.setattr("ddkit.stream.WORKERS", 1)   # the error is met inside a worker process
+    data = open_data(str(tmp_path), image_size=16, on_bad_image="skip")
+    with pytest.raises(DDKitError) as e:
+        list(data.batches(None, 2))
+    assert str(e.value) == "class 'frog' has no readable images"
+
+
 def test_cli_skip_counts_bad_images_in_metrics(tmp_path):
     make_photos(tmp_path / "d", per_class=3)
     (tmp_path / "d" / "cat" / "000.jpg").write_bytes(b"\xff\xd8 truncated")  # IPC 3 takes every cat image

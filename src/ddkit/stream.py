@@ -169,9 +169,11 @@ class StreamData(Images):
         workers = WORKERS if len(batches) > 1 else 0  # one small batch: not worth starting processes
         loader = DataLoader(_Decode(self, view), batch_sampler=batches, num_workers=workers,
                             collate_fn=_collate, pin_memory=torch.cuda.is_available())
-        for x, bad in loader:
+        for x, bad, fatal in loader:
             for reason in bad:
                 self._bad(reason)
+            if fatal:  # raised here, not in the worker: a worker's exception reaches us with its traceback
+                raise DDKitError(fatal[0])
             yield x
 
     def _bad(self, reason: str) -> None:
@@ -183,7 +185,8 @@ class StreamData(Images):
 
 
 class _Decode:
-    """Map-style dataset of (position, seed) -> (uint8 view, reasons of unreadable files on the way)."""
+    """Map-style dataset of (position, seed) -> (uint8 view, reasons of unreadable files on the way, the
+    reason it has no view at all, or None)."""
 
     def __init__(self, data: StreamData, view: tuple):
         self.data, s, kind = data, data.image_size, view[0]
@@ -203,13 +206,14 @@ class _Decode:
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError, KeyError) as e:
                 bad.append(f"cannot decode image {d.index.name(i)}: {e}")
                 if d.on_bad_image == "error":
-                    return torch.zeros(3, d.image_size, d.image_size, dtype=torch.uint8), bad
+                    return torch.zeros(3, d.image_size, d.image_size, dtype=torch.uint8), bad, None
         else:
-            raise DDKitError(f"class {d.classes[int(d.labels[pos])]!r} has no readable images")
+            return (torch.zeros(3, d.image_size, d.image_size, dtype=torch.uint8), bad,
+                    f"class {d.classes[int(d.labels[pos])]!r} has no readable images")
         with torch.random.fork_rng(devices=[]):  # the view's randomness from the seed, not the worker
             torch.manual_seed(seed)
             im = self.tf(im)
-        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1), bad
+        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1), bad, None
 
     def _candidates(self, pos: int):
         """The sample, then (an unreadable one skipped) the next samples of its class, wrapping around."""
@@ -221,7 +225,8 @@ class _Decode:
 
 
 def _collate(items):
-    return torch.stack([x for x, _ in items]), [r for _, bad in items for r in bad]
+    return (torch.stack([x for x, _, _ in items]), [r for _, bad, _ in items for r in bad],
+            [f for _, _, f in items if f])
 
 
 def _sampled_sizes(index) -> set[tuple[int, int]]:
