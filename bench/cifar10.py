@@ -25,7 +25,7 @@ from ddkit.evaluate import EvalConfig, evaluate_set, summarize_entry
 from ddkit.report import write_report
 from ddkit.rundir import read_json, read_run, update_metrics
 from ddkit.teacher import load_checkpoint, load_teachers
-from ddkit.utils import atomic_path, listed, model_hash, resolve_device, save_json, tune_malloc
+from ddkit.utils import atomic_path, listed, model_hash, one_or_list, resolve_device, save_json, tune_malloc
 
 ROOT = Path(__file__).resolve().parent
 # Synthesis budgets (method defaults unless listed). Stated in the table.
@@ -167,10 +167,8 @@ def draws_table(rows: list[dict], key: str) -> list[str]:
 
 
 def teacher_arg(teacher) -> str | list[str]:
-    """A --teacher value for DistillConfig: one path as a string (the run keys of one teacher stay as they
-    were), several as a list (an ensemble)."""
-    paths = [str(p) for p in teacher] if isinstance(teacher, (list, tuple)) else [str(teacher)]
-    return paths[0] if len(paths) == 1 else paths
+    """A --teacher value (one path or several) for DistillConfig: a string, or a list for an ensemble."""
+    return one_or_list([str(p) for p in listed(teacher)])
 
 
 def load_inputs(a, dev) -> tuple:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import dist
 from .train import TEACHER_RECIPES
-from .utils import DDKitError, check_output, listed, request_stop, save_json, tune_malloc
+from .utils import DDKitError, check_output, listed, one_or_list, request_stop, save_json, tune_malloc
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -251,12 +251,10 @@ def cmd_distill(a) -> None:
 
     def absolute(p):  # the run's config must still point at its inputs when read from another folder
         return str(Path(p).resolve()) if p and Path(p).exists() else p
-
-    def one_or_several(paths):  # one teacher stays a string: the run's config (and key) as before ensembles
-        paths = [absolute(p) for p in paths or []]
-        return None if not paths else paths[0] if len(paths) == 1 else paths
-    cfg = DistillConfig(method=a.method, ipc=a.ipc, data=absolute(a.data), teacher=one_or_several(a.teacher),
-                        teacher_weights=one_or_several(a.teacher_weights), subset=absolute(a.subset), seed=a.seed,
+    cfg = DistillConfig(method=a.method, ipc=a.ipc, data=absolute(a.data),
+                        teacher=one_or_list([absolute(p) for p in a.teacher or []]),
+                        teacher_weights=one_or_list([absolute(p) for p in a.teacher_weights or []]),
+                        subset=absolute(a.subset), seed=a.seed,
                         classes_per_group=a.classes_per_group, settings=_settings(a.set),
                         on_bad_image=a.on_bad_image, data_backend=a.data_backend, image_size=a.image_size,
                         amp=a.amp, compile=a.compile)

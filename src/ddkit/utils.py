@@ -186,3 +186,9 @@ def parse_overrides(config_cls, overrides: dict[str, Any], base=None, what: str 
 def listed(value) -> list:
     """A config value that is one item or several (e.g. --teacher A B) as a list; None as []."""
     return [] if value is None else [value] if isinstance(value, (str, os.PathLike)) else list(value)
+
+
+def one_or_list(values: list):
+    """The inverse of `listed` for config values: None, the one item, or the list of several (one teacher
+    stays a string, so configs and keys made before ensembles keep their form)."""
+    return None if not values else values[0] if len(values) == 1 else list(values)

@@ -5,7 +5,6 @@ import time
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 
 from ..augment import random_flip, sample_boxes
 from ..engine import RecoverConfig, UniformSampler, data_bn_stats, recover
