@@ -25,6 +25,19 @@ def test_students_learn_from_a_tiny_set_and_results_are_stored(eval_inputs, data
     assert evaluate_set(read_run(run), test, teacher, FAST, torch.device("cpu"), run=run, progress=False) == res
 
 
+def test_results_of_another_teacher_are_not_reused_under_the_same_key(eval_inputs, dataset, tmp_path):
+    import copy
+    test, teacher = eval_inputs
+    run = distill(DistillConfig(method="random", ipc=2, data=str(dataset)), tmp_path / "run", "cpu", progress=False)
+    one = EvalConfig(seeds=1, epochs=1, protocol=Protocol(batch_size=16))
+    evaluate_set(read_run(run), test, teacher, one, torch.device("cpu"), run=run, progress=False)
+    other = copy.deepcopy(teacher)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    with pytest.raises(DDKitError, match="another teacher"):
+        evaluate_set(read_run(run), test, other, one, torch.device("cpu"), run=run, progress=False)
+
+
 def test_interrupted_seed_resumes_from_its_epoch_checkpoint(eval_inputs, dataset, tmp_path, monkeypatch):
     import ddkit.train
     from ddkit.utils import STOP

@@ -26,7 +26,7 @@ from .models import build_model
 from .protocols import Protocol
 from .rundir import DistilledSet, read_json, update_metrics
 from .train import accuracy, fit
-from .utils import DDKitError, cache_dir, stable_hash
+from .utils import DDKitError, cache_dir, model_hash, stable_hash
 
 
 @dataclass
@@ -149,10 +149,17 @@ def evaluate_set(ds: DistilledSet, test: Images, teacher: nn.Module | None, cfg:
     results = {}
     stored = read_json(Path(run) / "metrics.json").get("evaluation", {}) if run else {}
     on = f" on {Path(run).name}" if run else ""  # which set, in a log of many evaluations
+    # the soft-label teacher is not (yet) part of a single teacher's key: record it with each result and
+    # refuse to mix students of two teachers under one key (entries made before this was recorded: unchecked)
+    soft_from = [model_hash(m) for m in getattr(teacher, "members", [teacher])] \
+        if cfg.label_mode == "soft" and teacher is not None else None
     for arch in cfg.archs:
         key = cfg.key(arch)
         entry = stored.get(key, {"config": dataclasses.asdict(cfg), "train": dataclasses.asdict(tcfg),
-                                 "seeds": {}})
+                                 "seeds": {}, "soft_labels_from": soft_from})
+        if soft_from and entry.get("soft_labels_from", soft_from) != soft_from:
+            raise DDKitError(f"{run} holds {key} results with soft labels from another teacher; evaluate a copy "
+                             f"of the run folder to compare teachers on one set")
         for seed in range(cfg.seeds):
             if str(seed) in entry["seeds"]:
                 continue
