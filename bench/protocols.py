@@ -27,7 +27,7 @@ import torch
 from cifar10 import ROOT, load_inputs, make_run
 from ddkit.data import load_data
 from ddkit.evaluate import EvalConfig, evaluate_set, mean_std, summarize_entry
-from ddkit.protocols import PRESETS, label_robustness, preset
+from ddkit.protocols import DEFAULT_EPOCHS, PRESETS, label_robustness, preset
 from ddkit.rundir import DistilledSet, read_json, read_run
 from ddkit.utils import atomic_path, resolve_device, save_json, tune_malloc
 
@@ -38,9 +38,14 @@ PUBLISHED = {"rded": "RDED, ConvNet-3: 50.2", "delt": "DELT, ResNet-18m: 43.0 (R
 HARD = "ddranking"   # the protocol whose hard-label runs give HLR
 
 
+def epochs(a, name: str) -> int:
+    """Student epochs under protocol `name`: --epochs, else the protocol's (edc 1000, the others 300)."""
+    return a.epochs or DEFAULT_EPOCHS.get(name, 300)
+
+
 def configs(a, name: str, labels: str, arch: str = "convnet3") -> EvalConfig:
-    return EvalConfig(archs=(arch,), seeds=a.seeds, label_mode=labels, epochs=a.epochs, protocol=preset(name),
-                      teachers=a.teacher_ids if labels == "soft" else ())
+    return EvalConfig(archs=(arch,), seeds=a.seeds, label_mode=labels, epochs=epochs(a, name),
+                      protocol=preset(name), teachers=a.teacher_ids if labels == "soft" else ())
 
 
 def cell(p: str, labels: str, arch: str) -> str:
@@ -49,21 +54,22 @@ def cell(p: str, labels: str, arch: str) -> str:
 
 
 def evaluate_row(tag: str, run: Path, a, dev, teacher, test) -> dict:
-    ds = read_run(run)
-    for arch in a.archs:
-        for p in a.protocols:
-            evaluate_set(ds, test, teacher, configs(a, p, "soft", arch), dev, run=run, progress=not a.quiet)
-        if HARD in a.protocols:
-            evaluate_set(ds, test, None, configs(a, HARD, "hard", arch), dev, run=run, progress=not a.quiet)
+    ds, done = read_run(run), row_of(tag, run, a)["results"]
+    todo = [(p, "soft", arch) for arch in a.archs for p in a.protocols] + \
+        [(HARD, "hard", arch) for arch in a.archs if HARD in a.protocols]
+    for p, labels, arch in todo:
+        if done.get(cell(p, labels, arch), {}).get("n", 0) < a.seeds:  # stored with enough seeds: not re-trained
+            evaluate_set(ds, test, teacher if labels == "soft" else None, configs(a, p, labels, arch), dev, run=run,
+                         progress=not a.quiet)
     return row_of(tag, run, a)
 
 
 def row_of(tag: str, run: Path, a) -> dict:
-    """A row from the run's stored evaluations: every protocol and student at --epochs, with the seeds
-    stored so far; `ddkit` cells the run lacks come from bench/cifar10.py's result of the same set (see
-    earlier_ddkit)."""
+    """A row from the run's stored evaluations: every protocol and student at its epochs, with the seeds
+    stored so far; cells the run lacks come from the stored row of the same set (stored_cells), `ddkit`
+    cells from bench/cifar10.py's result of it (earlier_ddkit)."""
     d, m = read_json(run / "config.json")["distill"], read_json(run / "metrics.json")
-    results = {}
+    results = stored_cells(a, tag, m.get("diversity_cos"))
     for arch in ARCHS:
         for p in PRESETS:
             for labels in ("soft", "hard"):
@@ -73,16 +79,34 @@ def row_of(tag: str, run: Path, a) -> dict:
                     results[cell(p, labels, arch)] = summarize_entry(e)
                 elif p == "ddkit" and (earlier := earlier_ddkit(a.runs.parent, tag, key, m.get("diversity_cos"))):
                     results[cell(p, labels, arch)] = earlier
-    return {"set": tag, "method": tag.split("_ipc")[0], "draw": d["seed"], "results": results}
+    return {"set": tag, "method": tag.split("_ipc")[0], "draw": d["seed"], "diversity_cos": m.get("diversity_cos"),
+            "results": results}
+
+
+def same_set(a: float | None, b: float | None) -> bool:
+    """Whether two teacher-feature diversities fingerprint the same set: within 5e-4 (another draw, synthesis
+    or teacher moves it by 4e-3 or more in bench/cifar10.py's draws; the same synthesis at another thread
+    count, by 1e-4, float summation order)."""
+    return a is not None and b is not None and abs(a - b) <= 5e-4
+
+
+def stored_cells(a, tag: str, fingerprint) -> dict:
+    """The cells of this set's stored row (OUT/<tag>.json) when measured on the same images: a run folder made
+    again (a fresh machine) holds only what was evaluated since. Rows stored before they carried the
+    fingerprint were matched to bench/cifar10.py's set (their ddkit cells name it as source): its fingerprint."""
+    row = read_json(a.out / f"{tag}.json")
+    fp = row.get("diversity_cos")
+    if fp is None and "source" in row.get("results", {}).get("ddkit/soft", {}):
+        fp = read_json(a.runs.parent / f"{tag}.json").get("diversity_cos")
+    return dict(row.get("results", {})) if same_set(fp, fingerprint) else {}
 
 
 def earlier_ddkit(folder: Path, tag: str, key: str, fingerprint) -> dict | None:
     """bench/cifar10.py's stored ddkit-protocol result of this set (its rows beside the --runs folder),
     when that benchmark evaluated the same set: same tag and seed, and the same teacher-feature diversity
-    to 4 decimals (a fingerprint of the images and the teacher; another draw, synthesis or teacher differs
-    there). Saves re-training students whose result is already measured; marked with its source."""
+    (see same_set). Saves re-training students whose result is already measured; marked with its source."""
     old = read_json(folder / f"{tag}.json")
-    if fingerprint is None or old.get("diversity_cos") != round(fingerprint, 4) or key not in old.get("results", {}):
+    if not same_set(old.get("diversity_cos"), fingerprint) or key not in old.get("results", {}):
         return None
     return {**old["results"][key], "source": str((folder / f"{tag}.json").relative_to(ROOT.parent))}
 
@@ -141,8 +165,9 @@ def markdown(rows: list[dict], full: dict | None, a) -> str:
              if "label_store_bytes" in r["results"].get("sre2l/soft", {})]
     if store:
         lines += ["", f"sre2l protocol FKD label store: {statistics.fmean(store) / 1e6:.2f} MB per set "
-                  f"({a.epochs} epochs of views and fp16 logits)."]
-    lines += ["", f"Students: {', '.join(sorted({c[1] for c in cols}))}, {a.epochs} epochs; protocols as in README "
+                  f"({epochs(a, 'sre2l')} epochs of views and fp16 logits)."]
+    n_ep = ", ".join(f"{p} {epochs(a, p)}" for p in dict.fromkeys(c[0] for c in cols))
+    lines += ["", f"Students: {', '.join(sorted({c[1] for c in cols}))}; epochs: {n_ep}; protocols as in README "
               f"§ Protocols. "
               f"Teacher: {a.teacher_info}."]
     return "\n".join(lines)
@@ -186,7 +211,8 @@ def main():
     ap.add_argument("--archs", nargs="+", default=["convnet3"], choices=ARCHS, help="students")
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--epochs", type=int, default=None, help="student epochs (default: the protocol's: edc 1000, "
+                    "the others 300)")
     ap.add_argument("--full-epochs", type=int, default=0, help="epochs of a full-data hard-label run under "
                     "ddranking (HLR's reference; 300 is ~15 CPU hours); 0: the teacher's test accuracy")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny synthesis budgets (with --runs and "

@@ -37,15 +37,6 @@ def test_airnet_whitening_layer_decorrelates_patches_and_is_frozen():
     assert build_model("airnet", 10, 16).whiten.weight.requires_grad  # a student trains it as a conv
 
 
-def test_airnet_convs_start_as_identities_and_its_batchnorm_learns_no_scale():
-    m = build_model("airnet", 10, 16)
-    conv = m.features[4]  # the first group's second conv, 64 -> 64
-    x = torch.randn(1, 64, 5, 5)
-    assert torch.allclose(conv(x), x, atol=1e-6)
-    bns = [b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]
-    assert bns and all(not b.weight.requires_grad and b.bias.requires_grad for b in bns)
-
-
 def test_unknown_arch_is_clear():
     with pytest.raises(DDKitError, match="unknown architecture"):
         build_model("vgg99", 10)

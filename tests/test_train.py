@@ -183,31 +183,6 @@ def test_compiled_training_matches_eager(monkeypatch):
     assert graphs and all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), comp.state_dict().values()))
 
 
-def test_norm_lr_gives_batchnorm_a_larger_lr_and_the_same_decay_per_step():
-    m = build_model("convnet3", 2, 8)
-    cfg = TrainConfig(lr=0.5, weight_decay=1e-3, norm_lr=64.0, momentum=0.85)
-    base, norm = ddkit.train.optimizer(m, cfg).param_groups
-    bn = {id(p) for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d) for p in mod.parameters()}
-    assert bn and {id(p) for p in norm["params"]} == bn
-    assert norm["scale"] == 64.0 and norm["weight_decay"] * 64.0 == pytest.approx(base["weight_decay"])
-    assert base["momentum"] == 0.85 and len(base["params"]) + len(norm["params"]) == len(list(m.parameters()))
-    assert len(ddkit.train.optimizer(m, TrainConfig()).param_groups) == 1  # default: one group, as before
-
-
-def test_triangle_schedule_rises_to_its_peak_at_23_percent_and_ends_at_0_07():
-    cfg = TrainConfig(epochs=100, schedule="triangle")
-    f = [ddkit.train.lr_factor(cfg, e, 0, 1) for e in (0, 23, 100)]
-    assert f == pytest.approx([0.2, 1.0, 0.07])
-
-
-def test_translate_sets_the_padding_of_the_pad_crop():
-    cfg = TrainConfig(aug="translate", translate=2)
-    _, views, _ = next(ddkit.train.epoch_views(cfg, 16, 16, (32, 32), torch.Generator().manual_seed(0)))
-    assert views.pad == 2 and views.boxes[:, :2].max() <= 4
-    _, views, _ = next(ddkit.train.epoch_views(TrainConfig(), 16, 16, (32, 32), torch.Generator().manual_seed(0)))
-    assert views.pad == 4  # the default: an eighth of the width
-
-
 def test_flip_tta_averages_the_logits_of_an_image_and_its_mirror():
     m = build_model("convnet3", 2, 8).eval()
     x = torch.rand(4, 3, 8, 8)

@@ -318,9 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default: the recipe's)")
     p.add_argument("--recipe", default="default", choices=list(TEACHER_RECIPES),
-                   help="training recipe: default (SGD 0.1, batch 256), airnet (SGD 0.4, batch 512, for --arch "
-                   "airnet), both one-cycle; airbench (airbench94's optimisation, for --arch airnet); all with "
-                   "label smoothing 0.2, translate+flip")
+                   help="training recipe: default (SGD 0.1, batch 256) or airnet (SGD 0.4, batch 512, for --arch "
+                   "airnet); both one-cycle, label smoothing 0.2, translate+flip")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--subset", help="index file from `ddkit select`")
     p.add_argument("--out", help="also copy the checkpoint here")

@@ -130,8 +130,7 @@ def convnet4(num_classes, image_size=64, in_channels=3):
 
 class AirNet(nn.Module):
     """A fast CIFAR teacher in the style of airbench94: a 2x2 patch-whitening conv, three groups of
-    [conv3x3 -> max-pool2 -> BN -> GELU -> conv3x3 -> BN -> GELU] (widths 64/256/256; convs start as
-    identities on their first in-channels, BatchNorm has a bias but no learned scale), global max-pool,
+    [conv3x3 -> max-pool2 -> BN -> GELU -> conv3x3 -> BN -> GELU] (widths 64/256/256), global max-pool,
     a linear head scaled by 1/9 (keeps early logits small, which label smoothing and high SGD learning
     rates need). `init_from_data` sets the first layer to whiten the data's 2x2 patches and freezes it;
     without it (students) that layer trains as an ordinary conv."""
@@ -148,11 +147,6 @@ class AirNet(nn.Module):
                        nn.BatchNorm2d(w), nn.GELU()]
             ch, size = w, size // 2 if pool else size
         self.features = nn.Sequential(*layers)
-        for m in self.features:
-            if isinstance(m, nn.Conv2d):  # identity init of the first in-channels filters: an implicit residual
-                nn.init.dirac_(m.weight.data[:m.in_channels])
-            elif isinstance(m, nn.BatchNorm2d):  # no learned scale: the next conv (or the head) rescales
-                m.weight.requires_grad_(False)
         self.head = nn.Linear(ch, num_classes, bias=False)
 
     def forward(self, x):

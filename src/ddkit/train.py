@@ -50,17 +50,12 @@ class TrainConfig:
     batch_size: int = 256
     optimizer: str = "sgd"          # sgd (nesterov) | adamw
     lr: float = 0.05
-    momentum: float = 0.9           # sgd's
-    norm_lr: float = 1.0            # LR multiplier of BatchNorm parameters, their per-step weight decay kept
-    #                                 (airbench's 64x BatchNorm-bias LR)
     weight_decay: float = 5e-4
     schedule: str = "onecycle"      # onecycle (linear warm-up 20 %, linear decay) | cosine (to 0) |
     #                                 half_cosine (0.5 (1 + cos(pi t / 2)), ends at 0.5: RDED) |
-    #                                 step (x0.5 at each of `milestones`: EDC's MultiStepLR) |
-    #                                 triangle (0.2 -> 1 at 23 % -> 0.07, linear: airbench)
+    #                                 step (x0.5 at each of `milestones`: EDC's MultiStepLR)
     label_smoothing: float = 0.0
     aug: str = "translate"          # translate (pad-crop + flip) | rrc (random-resized-crop + flip) | none
-    translate: int = 0              # translate's reflect padding in px (0: an eighth of the width, 4 at 32 px)
     rrc_scale: tuple[float, float] = (0.5, 1.0)
     temperature: float = 4.0
     channels_last: bool = True
@@ -78,7 +73,7 @@ class TrainConfig:
     compile: bool = False           # torch.compile the model trained and the online teacher
 
 
-_ADDED = {"momentum": 0.9, "norm_lr": 1.0, "translate": 0, "lr_by_epoch": False, "cutmix": 0.0, "kl_t2": True, "bn_warm": False, "milestones": (0.8, 0.9, 0.95),
+_ADDED = {"lr_by_epoch": False, "cutmix": 0.0, "kl_t2": True, "bn_warm": False, "milestones": (0.8, 0.9, 0.95),
           "soft_loss": "kl", "ce_weight": 0.0, "ema": 0.0, "randaug_ops": 0, "randaug_magnitude": 9}
 
 
@@ -95,19 +90,14 @@ def config_id(cfg: TrainConfig) -> dict:
 TEACHER_RECIPES = {
     "default": dict(batch_size=256, lr=0.1),
     "airnet": dict(batch_size=512, lr=0.4),
-    # airbench94's optimisation in ddkit's units (mean loss): batch 1024, Nesterov momentum 0.85, LR 1.5
-    # (its 11.5 per 1024 examples), decay 0.002 of the weights per step at peak LR, BatchNorm LR x64, its
-    # triangular schedule, 2-px translations
-    "airbench": dict(batch_size=1024, lr=1.5, momentum=0.85, weight_decay=0.002 / 1.5, norm_lr=64.0,
-                     schedule="triangle", translate=2),
 }
 
 
 def teacher_recipe(epochs: int = 30, name: str = "default") -> TrainConfig:
     if name not in TEACHER_RECIPES:
         raise DDKitError(f"unknown teacher recipe {name!r}; choose from {', '.join(TEACHER_RECIPES)}")
-    return TrainConfig(epochs=epochs, **{**dict(optimizer="sgd", weight_decay=5e-4, schedule="onecycle",
-                                             label_smoothing=0.2, aug="translate"), **TEACHER_RECIPES[name]})
+    return TrainConfig(epochs=epochs, optimizer="sgd", weight_decay=5e-4, schedule="onecycle",
+                       label_smoothing=0.2, aug="translate", **TEACHER_RECIPES[name])
 
 
 def student_recipe(epochs: int = 300) -> TrainConfig:
@@ -124,8 +114,6 @@ def lr_factor(cfg: TrainConfig, epoch: int, b: int, steps_per_epoch: int) -> flo
         return 0.5 * (1 + math.cos(math.pi * t / 2))
     if cfg.schedule == "step":
         return 0.5 ** sum(t >= m for m in cfg.milestones)
-    if cfg.schedule == "triangle":
-        return 0.2 + 0.8 * t / 0.23 if t < 0.23 else 1 - 0.93 * (t - 0.23) / 0.77
     return t / 0.2 if t < 0.2 else max(0.0, (1 - t) / 0.8)
 
 
@@ -135,8 +123,7 @@ def epoch_views(cfg: TrainConfig, n: int, bs: int, hw: tuple[int, int], gen: tor
     for b in range(0, n, bs):
         batch = perm[b:b + bs]
         # translate: 4 px at 32 px, as airbench
-        yield batch, draw_views(cfg.aug, len(batch), *hw, gen, cfg.rrc_scale, cfg.translate or max(1, hw[1] // 8),
-                                cfg.cutmix,
+        yield batch, draw_views(cfg.aug, len(batch), *hw, gen, cfg.rrc_scale, max(1, hw[1] // 8), cfg.cutmix,
                                 (cfg.randaug_ops, cfg.randaug_magnitude)), None
 
 
@@ -172,22 +159,6 @@ def weight_ema(model: nn.Module, decay: float) -> AveragedModel:
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
     ema.update_parameters(model)  # the first update copies
     return ema
-
-
-def optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW over the model's parameters; with cfg.norm_lr, BatchNorm's in a group of
-    their own whose LR is that many times larger and whose weight decay as many times smaller, so the decay
-    per step (LR x decay) is everyone's. Each group's `scale` multiplies the scheduled LR (a checkpoint
-    saved before groups had one resumes at 1)."""
-    norm = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for p in m.parameters()} if cfg.norm_lr != 1 else set()
-    groups = [dict(params=[p for p in model.parameters() if (id(p) in norm) == is_norm],
-                   scale=scale, weight_decay=cfg.weight_decay / scale)
-              for is_norm, scale in ((False, 1.0), (True, cfg.norm_lr))]
-    groups = [g for g in groups if g["params"]]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
@@ -254,7 +225,9 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
     if n - (steps_per_epoch - 1) * bs < world:  # the last, smallest batch
         raise DDKitError(f"{desc}: a batch of {n - (steps_per_epoch - 1) * bs} images cannot be split over "
                          f"{world} processes; run with fewer")
-    opt = optimizer(model, cfg)
+    opt = (torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
+                           weight_decay=cfg.weight_decay) if cfg.optimizer == "sgd" else
+           torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
     ema = weight_ema(model, cfg.ema) if cfg.ema else None
     prec = mixed_precision(device, cfg.amp)
     configure(device)
@@ -291,7 +264,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             rows = slice(m * rank // world, m * (rank + 1) // world)
             idx = batch[rows].to(device)
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * g.get("scale", 1.0) * lr_factor(cfg, epoch, b, steps_per_epoch)
+                g["lr"] = cfg.lr * lr_factor(cfg, epoch, b, steps_per_epoch)
             if stream:  # `views` holds this rank's rows, decoded and augmented by the loader's workers
                 x = plain = normalize(views.to(device, non_blocking=True))
                 views = Views()
