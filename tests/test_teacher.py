@@ -14,7 +14,7 @@ from ddkit.cli import main
 from ddkit.data import load_splits
 from ddkit.models import build_model
 from ddkit.teacher import import_teacher, load_checkpoint, load_teacher, train_teacher
-from ddkit.train import teacher_recipe
+from ddkit.train import accuracy, teacher_recipe
 from ddkit.utils import DDKitError
 from ddkit.zoo import IMAGENET_STATS
 
@@ -23,6 +23,8 @@ def test_teacher_learns_and_is_cached(dataset, monkeypatch, tmp_path):
     train, test = load_splits(str(dataset))
     model, ck = train_teacher(train, test, "convnet3", teacher_recipe(6), seed=1, progress=False)
     assert ck["cached"] is False and ck["test_acc"] > 0.6   # 3 easy classes: chance is 0.33
+    assert ck["test_acc_flip_tta"] == accuracy(model, test.batches(None, 1000), test.labels, train.normalize, "cpu",
+                                               flip_tta=True)
     monkeypatch.setattr("ddkit.teacher.fit", lambda *a, **k: pytest.fail("retrained a cached teacher"))
     model2, ck2 = train_teacher(train, test, "convnet3", teacher_recipe(6), seed=1, out=tmp_path / "t.pt",
                                 progress=False)

@@ -127,8 +127,8 @@ def cmd_teacher(a) -> None:
                           progress=not a.quiet)
     if dist.is_main():
         print(json.dumps({"teacher": ck["path"], "arch": ck["arch"], "test_acc": ck.get("test_acc"),
-                          "test_acc_flip_tta": ck.get("test_acc_flip_tta"), "train_time_s": ck.get("train_time_s"), "cached": ck["cached"],
-                          "precision": ck.get("precision")}))
+                          "test_acc_flip_tta": ck.get("test_acc_flip_tta"), "train_time_s": ck.get("train_time_s"),
+                          "cached": ck["cached"], "precision": ck.get("precision")}))
 
 
 def cmd_import(a) -> None:

@@ -173,8 +173,8 @@ def train_teacher(train: Images, test: Images | None, arch: str = "convnet3",
     train_time = time.time() - t0
     acc, tta = ((accuracy(model, test.batches(None, 1000), test.labels, train.normalize, device, flip)
                  for flip in (False, True)) if test is not None else (None, None))
-    extra = {"test_acc": acc, "test_acc_flip_tta": tta, "train_time_s": round(train_time, 1), "seed": seed, "data_hash": key,
-             "loss": hist["loss"], "num_train": len(train), "precision": hist["precision"],
+    extra = {"test_acc": acc, "test_acc_flip_tta": tta, "train_time_s": round(train_time, 1), "seed": seed,
+             "data_hash": key, "loss": hist["loss"], "num_train": len(train), "precision": hist["precision"],
              "skipped_images": train.skipped + (test.skipped if test is not None else [])}
     if dist.is_main():  # under torchrun every rank holds the same weights; one writes
         save_checkpoint(cached, model, arch, train, recipe, **extra)
