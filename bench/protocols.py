@@ -209,6 +209,8 @@ def main():
     ap.add_argument("--sets", nargs="+", default=[s for s in SETS if s != "ddoq"], choices=list(SETS))
     ap.add_argument("--protocols", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     ap.add_argument("--archs", nargs="+", default=["convnet3"], choices=ARCHS, help="students")
+    ap.add_argument("--draws", type=int, nargs="+", help="only these synthesis draws of each set (default: all "
+                    "of them; --table-only always reads all)")
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=None, help="student epochs (default: the protocol's: edc 1000, "
@@ -230,6 +232,8 @@ def main():
     rows, t0 = [], time.time()
     for name in a.sets:
         for draw in SETS[name]:
+            if a.draws is not None and draw not in a.draws and not a.table_only:
+                continue
             a.distill_seed = draw
             if a.table_only:  # rows from the run folders present (seeds stored so far), else the stored rows
                 tag = f"{name}_ipc{a.ipc}" + (f"_seed{draw}" if draw else "")

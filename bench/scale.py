@@ -52,7 +52,7 @@ TEMPLATES = {
     "select_loss": "{ddkit} select --data {data} --criterion loss --teacher {teacher} --keep 0.5 --out "
                    "{work}/loss.pt {backend} {common}",
     "distill_random": "{ddkit} distill --method random --ipc {ipc} --data {data} --out {work}/random --overwrite "
-                      "{backend} {common}",
+                      "--classes-per-group {group} {backend} {common}",
     "distill_e2d": "{ddkit} distill --method e2d --ipc {ipc} --data {data} --teacher {teacher} --out {work}/e2d "
                    "--overwrite --classes-per-group {group} --set iterations={e2d_iters} --set early_stop=false "
                    "{backend} {common}",
@@ -65,7 +65,7 @@ TEMPLATES = {
     "distill_ddoq": "{ddkit} distill --method ddoq --ipc {ipc} --data {data} --teacher {teacher} --out {work}/ddoq "
                     "--overwrite --set encoder=teacher --set max_samples={ddoq_samples} --set restarts=1 "
                     "{backend} {common}",
-    "evaluate": "{ddkit} evaluate {work}/e2d --teacher {teacher} --arch resnet18 --epochs {eval_epochs} --seeds 1 "
+    "evaluate": "{ddkit} evaluate {work}/random --teacher {teacher} --arch resnet18 --epochs {eval_epochs} --seeds 1 "
                 "--json {work}/evaluate.json {backend} {common}",
     "throughput": "{python} {bench}/scale.py --throughput {data} --size {size} --batch {batch} --device {device} "
                   "--workers {workers}",
@@ -81,6 +81,13 @@ BUDGETS = {
                  teacher="{work}/trained.pt"),
 }
 STEPS = list(TEMPLATES)
+# what a step reads from an earlier step: (path, the step that writes it). A missing input (a fresh cache, or a
+# ladder run step by step) is made first by its step, unmeasured, so each step can be measured on its own.
+# evaluate trains students on the random set: a student's cost depends on the set's size, not its content.
+_TEACHER = ("{teacher}", None)  # written by teacher_import, or teacher_train at --budget full
+NEEDS = {"teacher_train": [("{work}/random.pt", "select_random")], "select_loss": [_TEACHER],
+         "evaluate": [_TEACHER, ("{work}/random/metrics.json", "distill_random")],
+         **{f"distill_{m}": [_TEACHER] for m in ("e2d", "sre2l", "rded", "ddoq")}}
 
 
 # ---------------------------------------------------------------- measuring one command
@@ -214,10 +221,26 @@ def run_ladder(a) -> None:
                   "bench": str(HERE), "data": str(data), "work": str(work), "device": a.device,
                   "workers": a.workers, "backend": a.backend_args, "common": COMMON.format(device=a.device),
                   "weights": str(random_weights(a.root / "weights" / f"resnet18_random_{classes}.pth", classes))}
+        teacher_step = "teacher_train" if budget["teacher"].endswith("trained.pt") else "teacher_import"
+
+        def prepare(step: str) -> None:
+            for path, maker in NEEDS.get(step, []):
+                maker = maker or teacher_step
+                if not Path(fill(path, values)[0]).exists():
+                    prepare(maker)
+                    print(f"[{name}] {step} needs {maker} (unmeasured)", flush=True)
+                    log = a.root / "logs" / a.budget / name / f"{maker}.prereq.log"
+                    log.parent.mkdir(parents=True, exist_ok=True)
+                    with open(log, "w") as f:
+                        if subprocess.run(fill(templates[maker], values), stdout=f, stderr=subprocess.STDOUT,
+                                          env=env).returncode:
+                            sys.exit(f"[{name}] {maker} failed, see {log}")
+
         for step in steps:
             out = a.out / name / f"{step}.json"
             if out.is_file() and json.loads(out.read_text()).get("rc") == 0:
                 continue
+            prepare(step)
             argv = fill(templates[step], values)
             print(f"[{name}] {step}: {shlex.join(argv)}", flush=True)
             log = a.root / "logs" / a.budget / name / f"{step}.log"

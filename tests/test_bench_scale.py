@@ -1,4 +1,5 @@
 """The scale benchmark's own tools (bench/scale_data.py, bench/scale.py): what they generate and measure."""
+import json
 import sys
 from pathlib import Path
 
@@ -39,3 +40,15 @@ def test_measure_reports_the_peak_memory_of_the_command_and_its_children(tmp_pat
     assert res["peak_tree_pss_mb"] >= 300     # the tree sampler saw it
     bad = scale.measure([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "log2", env=None)
     assert bad["rc"] == 3 and bad["peak_rss_mb"] < 300
+
+
+def test_a_step_whose_input_is_missing_makes_it_first_unmeasured(tmp_path, monkeypatch):
+    root, out = tmp_path / "root", tmp_path / "results"
+    monkeypatch.setattr(sys, "argv", ["scale.py", "--quick", "--root", str(root), "--out", str(out),
+                                      "--ladder", "2x4", "--steps", "teacher_train"])
+    scale.main()
+    measured = sorted(p.name for p in (out / "c2_n4").iterdir())
+    assert measured == ["teacher_train.json"]            # select_random ran, but is not reported as measured
+    assert (root / "quick/runs/quick/c2_n4/random.pt").is_file()
+    rec = json.loads((out / "c2_n4/teacher_train.json").read_text())
+    assert rec["rc"] == 0 and rec["error"] is None

@@ -134,3 +134,15 @@ def test_every_method_distils_with_an_imported_teacher_and_evaluates(spec, zoo_w
                  "--teacher-weights", weights, "--out", str(tmp_path / "cli"), "--quiet", "--evaluate",
                  "--seeds", "1", "--epochs", "1", "--arch", CROSS[spec]]) == 0
     assert f"{CROSS[spec]}/soft" in capsys.readouterr().out
+
+
+def test_assemble_concatenates_the_groups_in_order(tmp_path):
+    from ddkit.distill import assemble
+    xs = [torch.randn(n, 3, 4, 4) for n in (2, 3, 1)]
+    paths = []
+    for i, x in enumerate(xs):
+        save_torch({"x": x, "labels": torch.full((len(x),), i), "info": {"i": i}}, tmp_path / f"g{i}.pt")
+        paths.append(tmp_path / f"g{i}.pt")
+    x, parts = assemble(paths)
+    assert torch.equal(x, torch.cat(xs))
+    assert [p["info"]["i"] for p in parts] == [0, 1, 2] and all("x" not in p for p in parts)

@@ -66,3 +66,10 @@ def test_ddranking_export_has_images_and_soft_labels(tmp_path, teacher_path):
     ds.labels = torch.tensor([0, 0, 0, 1, 1, 2])
     with pytest.raises(DDKitError, match="same number of images"):
         export_ddranking(write_run(tmp_path / "uneven", ds, {}, {}), tmp_path / "dd2")
+
+
+def test_uint8_conversion_in_chunks_matches_the_whole_tensor():
+    from ddkit.rundir import _to_uint8
+    x = torch.rand(7, 3, 5, 5) * 1.2 - 0.1   # out of range too: clamped
+    whole = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert (_to_uint8(x, chunk=3) == whole).all()

@@ -66,10 +66,10 @@ class Images:
         s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x - m) / s
 
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+    def denormalize(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return x * s + m
+        return x.mul_(s).add_(m) if inplace else x * s + m
 
 
 @dataclass

@@ -98,6 +98,23 @@ def prepare(cfg: DistillConfig, method, device) -> tuple[Images, torch.nn.Module
     return train, teacher, tinfo
 
 
+def assemble(paths: list[Path]) -> tuple[torch.Tensor, list[dict]]:
+    """The groups' images in one tensor, and the groups' other fields. The images are copied into one
+    preallocated tensor a group at a time (shapes read from memory-mapped files first): at 1,000 classes the
+    set is the largest thing a run holds, and a second copy of it would set the peak memory."""
+    heads = [load_torch(p, "group result", mmap=True)["x"] for p in paths]
+    shapes = [h.shape for h in heads]
+    x = torch.empty((sum(s[0] for s in shapes), *shapes[0][1:]), dtype=heads[0].dtype)
+    del heads
+    parts, at = [], 0
+    for p, shape in zip(paths, shapes):
+        part = load_torch(p, "group result")
+        x[at:at + shape[0]] = part.pop("x")
+        at += shape[0]
+        parts.append(part)
+    return x, parts
+
+
 def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", overwrite: bool = False,
             progress: bool = True) -> Path | None:
     """Run a method and write the run directory `out`. Returns its path (None on ranks other than 0)."""
@@ -134,8 +151,7 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
     dist.barrier()
     if rank != 0:
         return None
-    parts = [load_torch(work / f"group{gi:05d}.pt", "group result") for gi in range(len(groups))]
-    x = torch.cat([p["x"] for p in parts])
+    x, parts = assemble([work / f"group{gi:05d}.pt" for gi in range(len(groups))])
     labels = torch.cat([p["labels"] for p in parts]).long()
     weights = torch.cat([p["weights"] for p in parts]) if parts[0]["weights"] is not None else None
     infos = [p["info"] for p in parts]
@@ -154,7 +170,7 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
             metrics[k] = round(sum(i[k] * len(g) for i, g in zip(infos, groups)) / train.num_classes, 5)
     if teacher is not None:
         metrics["diversity_cos"] = diversity(teacher, x.to(dev), labels.to(dev))
-    ds = DistilledSet(train.denormalize(x).clamp(0, 1), labels, list(train.classes), weights)
+    ds = DistilledSet(train.denormalize(x, inplace=True).clamp_(0, 1), labels, list(train.classes), weights)
     config = {"distill": dataclasses.asdict(cfg), "method_config": dataclasses.asdict(method.cfg),
               "data": {"name": train.name, "mean": list(train.mean), "std": list(train.std),
                        "num_train": len(train), "image_size": train.image_size}}

@@ -25,7 +25,7 @@ def table(rows: list[dict], cols: list[str]) -> str:
 
 def image_grid(run: Path, out: Path) -> None:
     """One row per class (at most MAX_ROWS classes, evenly spaced), up to MAX_PER_ROW images each."""
-    ds = read_run(run)
+    ds = read_run(run, mmap=True)  # only the rows shown are read
     n = len(ds.classes)
     shown = sorted({c * n // min(n, MAX_ROWS) for c in range(min(n, MAX_ROWS))})
     width = min(MAX_PER_ROW, max(int((ds.labels == c).sum()) for c in shown))

@@ -43,8 +43,12 @@ def safe_dirname(name: str) -> str:
     return out
 
 
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+def _to_uint8(images: torch.Tensor, chunk: int = 256) -> np.ndarray:
+    """NHWC uint8 pixels; converted a chunk at a time, so no float temporary of the whole set is made."""
+    out = torch.empty((len(images), *images.shape[2:], images.shape[1]), dtype=torch.uint8)
+    for i in range(0, len(images), chunk):
+        out[i:i + chunk] = (images[i:i + chunk].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return out.numpy()
 
 
 def write_run(out: str | os.PathLike, ds: DistilledSet, config: dict, metrics: dict,
@@ -83,13 +87,14 @@ def write_run(out: str | os.PathLike, ds: DistilledSet, config: dict, metrics: d
     return out
 
 
-def read_run(path: str | os.PathLike) -> DistilledSet:
-    """Read a ddkit run (data.pt) or any plain ImageFolder (root/<class>/<image>, or root/images/...)."""
+def read_run(path: str | os.PathLike, mmap: bool = False) -> DistilledSet:
+    """Read a ddkit run (data.pt) or any plain ImageFolder (root/<class>/<image>, or root/images/...).
+    mmap: a run's tensors stay in data.pt, read when touched (for a look at a few images of a large set)."""
     path = Path(path)
     if not path.exists():
         raise DDKitError(f"run folder not found: {path}")
     if (path / "data.pt").is_file():
-        blob = load_torch(path / "data.pt", "run data")
+        blob = load_torch(path / "data.pt", "run data", mmap=mmap)
         if not isinstance(blob, dict) or blob.get("format") != RUN_FORMAT:
             raise DDKitError(f"{path / 'data.pt'} is not a ddkit run file")
         return DistilledSet(blob["images"], blob["labels"], blob["classes"], blob.get("weights"))

@@ -128,13 +128,14 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, tmp)
 
 
-def load_torch(path: str | os.PathLike, what: str = "file") -> Any:
-    """Load a torch file with weights_only=True: never unpickle arbitrary objects."""
+def load_torch(path: str | os.PathLike, what: str = "file", mmap: bool = False) -> Any:
+    """Load a torch file with weights_only=True: never unpickle arbitrary objects. mmap: tensors stay in the
+    file, read when touched."""
     path = Path(path)
     if not path.is_file():
         raise DDKitError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # pickle errors, truncated zip, foreign objects
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DDKitError(f"{path} is not a readable ddkit {what} ({first[:120]})") from e
