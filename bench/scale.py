@@ -48,7 +48,7 @@ TEMPLATES = {
     "select_random": "{ddkit} select --data {data} --criterion random --keep {keep} --out {work}/random.pt "
                      "{backend} {common}",
     "teacher_train": "{ddkit} teacher --data {data} --arch resnet18 --epochs {teacher_epochs} --subset "
-                     "{work}/random.pt --no-cache --out {work}/trained.pt {backend} {common}",
+                     "{work}/random.pt --batch-size {batch} --no-cache --out {work}/trained.pt {backend} {common}",
     "select_loss": "{ddkit} select --data {data} --criterion loss --teacher {teacher} --keep 0.5 --out "
                    "{work}/loss.pt {backend} {common}",
     "distill_random": "{ddkit} distill --method random --ipc {ipc} --data {data} --out {work}/random --overwrite "

@@ -208,3 +208,17 @@ def test_amp_and_compile_flags_reach_each_command_config(dataset, teacher_path, 
     assert (ecfg.amp, ecfg.compile) == (False, True)
     from ddkit.train import config_id, teacher_recipe
     assert config_id(recipe) == config_id(teacher_recipe(12))  # --compile, --amp: the same cached teacher
+
+
+def test_teacher_batch_size_scales_the_recipe_lr_unless_lr_is_given(dataset, monkeypatch):
+    import ddkit.teacher
+    seen = []
+
+    def capture(*args, **kw):
+        seen.append(args[3])
+        raise SystemExit(0)
+    monkeypatch.setattr(ddkit.teacher, "train_teacher", capture)
+    for extra in (["--batch-size", "64"], ["--batch-size", "64", "--lr", "0.3"], []):
+        with pytest.raises(SystemExit):
+            main(["teacher", "--data", str(dataset), "--quiet", "--device", "cpu", *extra])
+    assert [(r.batch_size, r.lr) for r in seen] == [(64, 0.1 * 64 / 256), (64, 0.3), (256, 0.1)]

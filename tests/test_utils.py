@@ -12,3 +12,10 @@ def test_malloc_tuning_applies_on_glibc_and_can_be_turned_off():
         on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={k: v for k, v in os.environ.items() if k != "DDKIT_MALLOC"})
         assert on.stdout.strip() == "True"
+
+
+def test_inference_batches_shrink_with_the_image_area_only_above_cifar_sizes():
+    from ddkit.utils import inference_batch
+    assert inference_batch(32, 1000) == inference_batch(64, 1000) == 1000   # CIFAR-scale batches unchanged
+    assert inference_batch(224, 1000) == 83 and inference_batch(224, 50) == 50
+    assert inference_batch(100_000, 1000) == 1

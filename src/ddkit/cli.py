@@ -58,6 +58,16 @@ def positive_float(raw: str) -> float:
     return v
 
 
+def positive_int(raw: str) -> int:
+    try:
+        v = int(raw)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {raw!r}")
+    return v
+
+
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", nargs="+", default=["convnet3"], help="student architectures")
     p.add_argument("--test-data", help="test ImageFolder for the students if not <data>/test (or val/)")
@@ -122,7 +132,9 @@ def cmd_teacher(a) -> None:
         train = load_subset_file(a.subset, train)
     dev = dist.local_device(resolve_device(a.device))
     recipe = teacher_recipe(a.epochs, a.recipe)
-    recipe = dataclasses.replace(recipe, lr=a.lr or recipe.lr, amp=amp_enabled(a.amp, dev), compile=a.compile)
+    batch = a.batch_size or recipe.batch_size  # another batch scales the recipe's LR linearly (unless --lr)
+    recipe = dataclasses.replace(recipe, batch_size=batch, lr=a.lr or recipe.lr * batch / recipe.batch_size,
+                                 amp=amp_enabled(a.amp, dev), compile=a.compile)
     _, ck = train_teacher(train, test, a.arch, recipe, a.seed, dev, a.out, use_cache=not a.no_cache,
                           progress=not a.quiet)
     if dist.is_main():
@@ -317,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="convnet3")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default: the recipe's); the "
+                   "peak LR scales with it unless --lr is given")
     p.add_argument("--recipe", default="default", choices=list(TEACHER_RECIPES),
                    help="training recipe: default (SGD 0.1, batch 256) or airnet (SGD 0.4, batch 512, for --arch "
                    "airnet); both one-cycle, label smoothing 0.2, translate+flip")

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from .utils import DDKitError
+from .utils import DDKitError, inference_batch
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -239,9 +239,9 @@ class _Penultimate:
 
 @torch.no_grad()
 def embed(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(penultimate features, logits) of normalised images x, in eval mode, batched. Default batch: 512 images
-    up to 90 px, fewer above (2**22 pixels: at 224 px a batch of 512 would hold 1.6 GB in ResNet's stem alone)."""
-    batch_size = batch_size or min(512, max(1, 2 ** 22 // (x.shape[-1] * x.shape[-2])))
+    """(penultimate features, logits) of normalised images x, in eval mode, batched (default: 512 images, fewer
+    above 90 px: utils.inference_batch)."""
+    batch_size = batch_size or inference_batch(x.shape[-1], 512)
     was = model.training
     model.eval()
     feats, logits = [], []

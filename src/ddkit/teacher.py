@@ -19,7 +19,7 @@ from . import dist
 from .data import Images
 from .models import build_model, classifier
 from .train import TrainConfig, accuracy, config_id, fit, teacher_recipe
-from .utils import DDKitError, cache_dir, check_output, load_torch, save_torch, stable_hash
+from .utils import DDKitError, cache_dir, check_output, inference_batch, load_torch, save_torch, stable_hash
 from .zoo import Pretrained, find_weights, pretrained
 
 FORMAT = "ddkit-model-v1"
@@ -171,7 +171,7 @@ def train_teacher(train: Images, test: Images | None, arch: str = "convnet3",
     hist = fit(model, train.fit_images, train.labels, train.normalize, recipe, device, seed=seed,
                checkpoint=str(cached.with_suffix(".partial")), desc=f"teacher {arch}", progress=progress)
     train_time = time.time() - t0
-    acc, tta = ((accuracy(model, test.batches(None, 1000), test.labels, train.normalize, device, flip)
+    acc, tta = ((accuracy(model, test.batches(None, inference_batch(test.image_size, 1000)), test.labels, train.normalize, device, flip)
                  for flip in (False, True)) if test is not None else (None, None))
     extra = {"test_acc": acc, "test_acc_flip_tta": tta, "train_time_s": round(train_time, 1), "seed": seed,
              "data_hash": key, "loss": hist["loss"], "num_train": len(train), "precision": hist["precision"],
