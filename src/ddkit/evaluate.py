@@ -141,7 +141,8 @@ def evaluate_set(ds: DistilledSet, test: Images, teacher: nn.Module | None, cfg:
     view = "test" if p.test_resize else "center"  # the peers' Resize(s // 7 * 8) + CenterCrop(s), or as stored
 
     def test_acc(model) -> float:
-        return accuracy(model, test.batches(None, inference_batch(test.image_size, 1000), view), test.labels, test.normalize, device)
+        batches = test.batches(None, inference_batch(test.image_size, 1000), view)
+        return accuracy(model, batches, test.labels, test.normalize, device)
 
     def every(epochs_done: int, model):  # the best-epoch record (_best adds the final epoch)
         due = epochs_done % p.eval_every == 0 and p.best_after * cfg.epochs < epochs_done < cfg.epochs

@@ -34,8 +34,8 @@ from .models import build_model
 from .stream import open_data
 from .teacher import load_teacher
 from .train import batched_logits, fit, teacher_recipe
-from .utils import (DDKitError, inference_batch, atomic_path, cache_dir, check_output, load_torch, resolve_device, save_torch,
-                    stable_hash, tensor_hash)
+from .utils import (DDKitError, atomic_path, cache_dir, check_output, inference_batch, load_torch, resolve_device,
+                    save_torch, stable_hash, tensor_hash)
 
 
 @dataclass
@@ -87,7 +87,8 @@ def proxy_losses(data: Images, epochs: int, seed: int, device, progress: bool) -
 def model_losses(model: nn.Module, data: Images, device) -> torch.Tensor:
     labels = data.labels.to(device)
     return torch.cat([nn.functional.cross_entropy(out, labels[i:i + len(out)], reduction="none")
-                      for i, out in batched_logits(model, data.batches(None, inference_batch(data.image_size, 1000)), data.normalize, device)]).cpu()
+                      for i, out in batched_logits(model, data.batches(None, inference_batch(data.image_size, 1000)),
+                                                   data.normalize, device)]).cpu()
 
 
 @torch.no_grad()

@@ -171,7 +171,8 @@ def train_teacher(train: Images, test: Images | None, arch: str = "convnet3",
     hist = fit(model, train.fit_images, train.labels, train.normalize, recipe, device, seed=seed,
                checkpoint=str(cached.with_suffix(".partial")), desc=f"teacher {arch}", progress=progress)
     train_time = time.time() - t0
-    acc, tta = ((accuracy(model, test.batches(None, inference_batch(test.image_size, 1000)), test.labels, train.normalize, device, flip)
+    batch = inference_batch(test.image_size, 1000) if test is not None else 0
+    acc, tta = ((accuracy(model, test.batches(None, batch), test.labels, train.normalize, device, flip)
                  for flip in (False, True)) if test is not None else (None, None))
     extra = {"test_acc": acc, "test_acc_flip_tta": tta, "train_time_s": round(train_time, 1), "seed": seed,
              "data_hash": key, "loss": hist["loss"], "num_train": len(train), "precision": hist["precision"],

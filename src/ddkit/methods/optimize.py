@@ -25,8 +25,8 @@ def _bn_targets(method, ctx: Context) -> tuple[list | None, float]:
     if method.cfg.bn_targets == "running" or getattr(method, "_pool_stats", None) is not None:
         return getattr(method, "_pool_stats", None), 0.0
     t0 = time.time()
-    method._pool_stats = data_bn_stats(ctx.teacher, ctx.train.batches(None, inference_batch(ctx.train.image_size, 256)),
-                                       ctx.train.normalize, ctx.device)
+    batches = ctx.train.batches(None, inference_batch(ctx.train.image_size, 256))
+    method._pool_stats = data_bn_stats(ctx.teacher, batches, ctx.train.normalize, ctx.device)
     return method._pool_stats, round(time.time() - t0, 2)
 
 
