@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import crop_resize, sample_boxes
+from ..utils import inference_batch
 from . import Context, Method, Output, need_images, register
 
 
@@ -51,20 +52,22 @@ class RDED(Method):
             cand = idx[torch.randperm(len(idx), generator=ctx.gen)[:max(cfg.candidates, ctx.ipc * f * f)]]
             imgs = ctx.real(cand)
             boxes = sample_boxes(len(cand) * cfg.crops, size, size, (cfg.min_scale, 1.0), generator=ctx.gen)
-            reps = imgs.repeat_interleave(cfg.crops, 0)
-            patches, losses = [], []
-            for i in range(0, len(reps), cfg.batch_size):
-                full = crop_resize(reps[i:i + cfg.batch_size], boxes[i:i + cfg.batch_size], size)
+            owner = torch.arange(len(cand)).repeat_interleave(cfg.crops)   # candidate of each box
+            step, losses = inference_batch(size, cfg.batch_size), []
+            for i in range(0, len(boxes), step):
+                full = crop_resize(imgs[owner[i:i + step]], boxes[i:i + step], size)
                 with ctx.autocast():
                     logits = T(full).float()
                 losses.append(F.cross_entropy(logits, torch.full((len(full),), c, device=ctx.device),
                                               reduction="none"))
-                patches.append(F.interpolate(full, size=psize, mode="area") if f > 1 else full)
-            losses, patches = torch.cat(losses).view(-1, cfg.crops), torch.cat(patches)
+            losses = torch.cat(losses).view(-1, cfg.crops)
             best = losses.argmin(1)                      # best crop of each candidate image
             best_loss = losses.gather(1, best[:, None]).squeeze(1)
-            chosen = best_loss.argsort()[:ctx.ipc * f * f]
-            p = patches.view(len(cand), cfg.crops, *patches.shape[1:])[chosen, best[chosen]]
+            chosen, best = best_loss.argsort()[:ctx.ipc * f * f].cpu(), best.cpu()   # boxes live on CPU
+            # crop the winners again rather than keep every scored crop (1,500 x 224 px = 0.9 GB per class)
+            p = crop_resize(imgs[chosen], boxes[chosen * cfg.crops + best[chosen]], size)
+            if f > 1:
+                p = F.interpolate(p, size=psize, mode="area")
             # stitch f x f patches into each image (identity when f == 1)
             p = p.view(ctx.ipc, f, f, 3, psize, psize).permute(0, 3, 1, 4, 2, 5).reshape(ctx.ipc, 3, f * psize,
                                                                                          f * psize)
