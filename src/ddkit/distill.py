@@ -27,7 +27,8 @@ from .models import embed
 from .rundir import DistilledSet, write_run
 from .stream import open_data
 from .teacher import load_teachers
-from .utils import DDKitError, check_output, listed, load_torch, resolve_device, save_torch, stable_hash
+from .utils import (DDKitError, check_output, listed, load_torch, resolve_device, save_torch, stable_hash,
+                    trim_malloc)
 
 
 @dataclass
@@ -144,6 +145,7 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
             wall = time.time() - tg + res.info.get("resumed_wall_s", 0)  # with the work before an interruption
             save_torch({"x": res.x, "labels": res.labels, "weights": res.weights, "skipped": list(train.skipped),
                         "info": {**res.info, "wall_s": round(wall, 2)}}, path)
+            trim_malloc()  # what this group freed: a group's peak RSS must not depend on the groups before it
     except BaseException:
         with contextlib.suppress(OSError):  # only if empty: a failure before any saved state leaves no folder
             work.rmdir()

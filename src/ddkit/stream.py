@@ -40,7 +40,7 @@ from torchvision import transforms as T
 from .data import (BAD_IMAGE_POLICIES, NAMED, VIEWS, Images, _fingerprint, _scan_folder, check_classes, load_data,
                    load_splits, split_dirs)
 from .models import import_extra
-from .utils import DDKitError, cache_dir, load_torch, save_torch, stable_hash, tensor_hash
+from .utils import DDKitError, cache_dir, load_torch, save_torch, stable_hash, tensor_hash, trim_malloc
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 BACKENDS = ("auto", "memory", "stream")
@@ -175,6 +175,7 @@ class StreamData(Images):
             if fatal:  # raised here, not in the worker: a worker's exception reaches us with its traceback
                 raise DDKitError(fatal[0])
             yield x
+            trim_malloc()  # photos of every size, pass after pass: keep the heap from creeping up
 
     def _bad(self, reason: str) -> None:
         if self.on_bad_image == "error":
