@@ -14,7 +14,6 @@ def test_malloc_tuning_applies_on_glibc_and_can_be_turned_off():
         assert on.stdout.strip() == "True"
 
 
-
 def test_trim_malloc_returns_what_tune_malloc_keeps():
     """Under tune_malloc a freed 400 MB buffer stays resident; trim_malloc hands it back, then waits its interval."""
     if not (sys.platform == "linux" and os.confstr("CS_GNU_LIBC_VERSION")):
@@ -26,6 +25,7 @@ def test_trim_malloc_returns_what_tune_malloc_keeps():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={k: v for k, v in os.environ.items() if k != "DDKIT_MALLOC"}).stdout.split()
     assert out[0] == "True" and int(out[1]) > 300 and out[2] == "False"
+
 
 def test_inference_batches_shrink_with_the_image_area_only_above_cifar_sizes():
     from ddkit.utils import inference_batch
