@@ -85,10 +85,14 @@ def proxy_losses(data: Images, epochs: int, seed: int, device, progress: bool) -
 
 
 def model_losses(model: nn.Module, data: Images, device) -> torch.Tensor:
-    labels = data.labels.to(device)
-    return torch.cat([nn.functional.cross_entropy(out, labels[i:i + len(out)], reduction="none")
-                      for i, out in batched_logits(model, data.batches(None, inference_batch(data.image_size, 1000)),
-                                                   data.normalize, device)]).cpu()
+    """Per-sample cross-entropy of `model` over all of `data`, written into one preallocated tensor: a pass
+    over 100k photos would otherwise keep a small tensor per batch alive between the batches' large buffers,
+    pinning pieces of a heap the next batches then no longer fit in."""
+    labels, losses = data.labels.to(device), torch.empty(len(data))
+    for i, out in batched_logits(model, data.batches(None, inference_batch(data.image_size, 1000)), data.normalize,
+                                 device):
+        losses[i:i + len(out)] = nn.functional.cross_entropy(out, labels[i:i + len(out)], reduction="none").cpu()
+    return losses
 
 
 @torch.no_grad()
