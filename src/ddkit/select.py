@@ -85,9 +85,8 @@ def proxy_losses(data: Images, epochs: int, seed: int, device, progress: bool) -
 
 
 def model_losses(model: nn.Module, data: Images, device) -> torch.Tensor:
-    """Per-sample cross-entropy of `model` over all of `data`, written into one preallocated tensor: a pass
-    over 100k photos would otherwise keep a small tensor per batch alive between the batches' large buffers,
-    pinning pieces of a heap the next batches then no longer fit in."""
+    """Per-sample cross-entropy of `model` over all of `data`, written into one preallocated tensor rather
+    than a small tensor per batch kept alive (among the batches' large buffers) through the whole pass."""
     labels, losses = data.labels.to(device), torch.empty(len(data))
     for i, out in batched_logits(model, data.batches(None, inference_batch(data.image_size, 1000)), data.normalize,
                                  device):
