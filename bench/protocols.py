@@ -108,7 +108,7 @@ def earlier_ddkit(folder: Path, tag: str, key: str, fingerprint) -> dict | None:
     old = read_json(folder / f"{tag}.json")
     if not same_set(old.get("diversity_cos"), fingerprint) or key not in old.get("results", {}):
         return None
-    return {**old["results"][key], "source": str((folder / f"{tag}.json").relative_to(ROOT.parent))}
+    return {**old["results"][key], "source": str((folder / f"{tag}.json").resolve().relative_to(ROOT.parent))}
 
 
 def full_hard(a, dev, test, train_now: bool) -> dict | None:
