@@ -45,6 +45,18 @@ def test_a_log_gets_a_line_per_interval_and_one_at_the_end(monkeypatch):
     assert "\r" not in out
 
 
+def test_the_eta_follows_the_recent_rate_when_the_loop_slows(monkeypatch):
+    monkeypatch.setenv("DDKIT_PROGRESS_S", "1")
+    log, clock = io.StringIO(), Clock()
+    bar = steps(0, 100, "student", unit="epoch", stream=log, clock=clock)
+    for i in bar:
+        clock.t += 1.0 if i < 50 else 5.0  # e.g. tests in the last half
+    bar.close()
+    line = log.getvalue().splitlines()[69]  # after epoch 70: ten lines of 5 s epochs behind it
+    assert line == "ddkit: student: epoch 70/100 (70%), 0.467 epoch/s, 2 min 30 s elapsed, ETA 2 min 30 s"
+    # (30 epochs at 5 s; the whole run's 0.467 epoch/s would have promised 1 min 04 s)
+
+
 def test_the_line_rate_is_bounded_however_many_steps(monkeypatch):
     monkeypatch.setenv("DDKIT_PROGRESS_S", "30")
     out = _run(10_000, 0.1)  # 1000 s of 0.1 s steps: 33 interval lines and the end line
