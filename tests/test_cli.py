@@ -210,7 +210,8 @@ def test_amp_and_compile_flags_reach_each_command_config(dataset, teacher_path, 
     assert config_id(recipe) == config_id(teacher_recipe(12))  # --compile, --amp: the same cached teacher
 
 
-def test_teacher_batch_size_scales_the_recipe_lr_unless_lr_is_given(dataset, monkeypatch):
+def test_teacher_batch_size_scales_the_recipe_lr_unless_lr_is_given_and_label_smoothing_is_set(dataset,
+                                                                                                monkeypatch):
     import ddkit.teacher
     seen = []
 
@@ -218,7 +219,10 @@ def test_teacher_batch_size_scales_the_recipe_lr_unless_lr_is_given(dataset, mon
         seen.append(args[3])
         raise SystemExit(0)
     monkeypatch.setattr(ddkit.teacher, "train_teacher", capture)
-    for extra in (["--batch-size", "64"], ["--batch-size", "64", "--lr", "0.3"], []):
+    for extra in (["--batch-size", "64"], ["--batch-size", "64", "--lr", "0.3"], [], ["--label-smoothing", "0"]):
         with pytest.raises(SystemExit):
             main(["teacher", "--data", str(dataset), "--quiet", "--device", "cpu", *extra])
-    assert [(r.batch_size, r.lr) for r in seen] == [(64, 0.1 * 64 / 256), (64, 0.3), (256, 0.1)]
+    assert [(r.batch_size, r.lr, r.label_smoothing) for r in seen] == [
+        (64, 0.1 * 64 / 256, 0.2), (64, 0.3, 0.2), (256, 0.1, 0.2), (256, 0.1, 0.0)]
+    from ddkit.train import config_id
+    assert config_id(seen[3]) != config_id(seen[2])  # another cached teacher, not the smoothed one

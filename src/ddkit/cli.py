@@ -58,6 +58,13 @@ def positive_float(raw: str) -> float:
     return v
 
 
+def fraction(raw: str) -> float:
+    v = finite_float(raw)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {raw!r}")
+    return v
+
+
 def positive_int(raw: str) -> int:
     try:
         v = int(raw)
@@ -134,7 +141,9 @@ def cmd_teacher(a) -> None:
     recipe = teacher_recipe(a.epochs, a.recipe)
     batch = a.batch_size or recipe.batch_size  # another batch scales the recipe's LR linearly (unless --lr)
     recipe = dataclasses.replace(recipe, batch_size=batch, lr=a.lr or recipe.lr * batch / recipe.batch_size,
-                                 amp=amp_enabled(a.amp, dev), compile=a.compile)
+                                 amp=amp_enabled(a.amp, dev), compile=a.compile,
+                                 label_smoothing=recipe.label_smoothing if a.label_smoothing is None
+                                 else a.label_smoothing)
     _, ck = train_teacher(train, test, a.arch, recipe, a.seed, dev, a.out, use_cache=not a.no_cache,
                           progress=not a.quiet)
     if dist.is_main():
@@ -334,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="default", choices=list(TEACHER_RECIPES),
                    help="training recipe: default (SGD 0.1, batch 256) or airnet (SGD 0.4, batch 512, for --arch "
                    "airnet); both one-cycle, label smoothing 0.2, translate+flip")
+    p.add_argument("--label-smoothing", type=fraction, default=None, help="label smoothing of the "
+                   "cross-entropy (default: the recipe's 0.2; 0 keeps more of the class similarities that soft "
+                   "labels pass on, cf. Mueller et al. 2019)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--subset", help="index file from `ddkit select`")
     p.add_argument("--out", help="also copy the checkpoint here")
