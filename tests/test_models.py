@@ -35,6 +35,20 @@ def test_airnet_whitening_layer_decorrelates_patches_and_is_frozen():
     cov = torch.cov((patches @ w[:12].reshape(12, 12).T).T)
     assert torch.allclose(cov, torch.eye(12), atol=0.02)
     assert build_model("airnet", 10, 16).whiten.weight.requires_grad  # a student trains it as a conv
+    plain = build_model("airnet_nowhiten", 10, 16)
+    before = plain.whiten.weight.clone()
+    plain.init_from_data(x)  # the ablation keeps its random, trainable first layer
+    assert torch.equal(plain.whiten.weight, before) and plain.whiten.weight.requires_grad
+
+
+def test_airnet_avg_pools_the_same_features_by_their_mean():
+    torch.manual_seed(0)
+    mx, av = build_model("airnet", 10, 16).eval(), build_model("airnet_avg", 10, 16).eval()
+    av.load_state_dict(mx.state_dict())  # same parameters: only the global pooling differs
+    x = torch.randn(3, 3, 16, 16)
+    f = mx.features(torch.nn.functional.gelu(mx.whiten(x)))
+    assert torch.allclose(av(x), mx.head(f.mean((2, 3))) / 9, atol=1e-6)
+    assert torch.allclose(mx(x), mx.head(f.amax((2, 3))) / 9, atol=1e-6)
 
 
 def test_unknown_arch_is_clear():

@@ -130,14 +130,17 @@ def convnet4(num_classes, image_size=64, in_channels=3):
 
 class AirNet(nn.Module):
     """A fast CIFAR teacher in the style of airbench94: a 2x2 patch-whitening conv, three groups of
-    [conv3x3 -> max-pool2 -> BN -> GELU -> conv3x3 -> BN -> GELU] (widths 64/256/256), global max-pool,
-    a linear head scaled by 1/9 (keeps early logits small, which label smoothing and high SGD learning
-    rates need). `init_from_data` sets the first layer to whiten the data's 2x2 patches and freezes it;
-    without it (students) that layer trains as an ordinary conv."""
+    [conv3x3 -> max-pool2 -> BN -> GELU -> conv3x3 -> BN -> GELU] (widths 64/256/256), global max-pool
+    (`airnet_avg`: average-pool, as ConvNet-3 and ResNets end), a linear head scaled by 1/9 (keeps early
+    logits small, which label smoothing and high SGD learning rates need). `init_from_data` sets the first
+    layer to whiten the data's 2x2 patches and freezes it; without it (students, and `airnet_nowhiten`
+    teachers) that layer trains as an ordinary conv."""
 
     def __init__(self, num_classes: int, image_size: int = 32, in_channels: int = 3,
-                 widths: tuple[int, ...] = (64, 256, 256)):
+                 widths: tuple[int, ...] = (64, 256, 256), pool: str = "max", whiten: bool = True):
         super().__init__()
+        self.whitened = whiten
+        self.pool = torch.amax if pool == "max" else torch.mean
         self.whiten = nn.Conv2d(in_channels, 2 * in_channels * 4, 2)
         layers, ch, size = [], self.whiten.out_channels, image_size - 1
         for w in widths:
@@ -151,12 +154,15 @@ class AirNet(nn.Module):
 
     def forward(self, x):
         x = self.features(F.gelu(self.whiten(x)))
-        return self.head(torch.amax(x, dim=(2, 3))) / 9
+        return self.head(self.pool(x, dim=(2, 3))) / 9
 
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor, eps: float = 5e-4) -> None:
         """Whitening filters from normalised images x: the eigenvectors of the 2x2 patch covariance, each
-        scaled by 1/sqrt(eigenvalue) and used with both signs (so GELU keeps both halves of each direction)."""
+        scaled by 1/sqrt(eigenvalue) and used with both signs (so GELU keeps both halves of each direction).
+        A no-op for a net built with whiten=False."""
+        if not self.whitened:
+            return
         k, d = self.whiten.kernel_size[0], x.shape[1] * self.whiten.kernel_size[0] ** 2
         total, outer, count = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64), 0
         for chunk in x.split(64):  # bounded memory at any resolution
@@ -173,6 +179,17 @@ class AirNet(nn.Module):
 @register("airnet")
 def airnet(num_classes, image_size=32, in_channels=3):
     return AirNet(num_classes, image_size, in_channels)
+
+
+@register("airnet_avg")
+def airnet_avg(num_classes, image_size=32, in_channels=3):
+    return AirNet(num_classes, image_size, in_channels, pool="avg")
+
+
+@register("airnet_nowhiten")
+def airnet_nowhiten(num_classes, image_size=32, in_channels=3):
+    """An ablation: airnet whose first layer is never set to whiten (it trains from its random init)."""
+    return AirNet(num_classes, image_size, in_channels, whiten=False)
 
 
 def _has_resnet_stem(model: nn.Module) -> bool:
