@@ -1,7 +1,11 @@
 """How each teacher sees the students' views: accuracy, the true class's probability (tau 1 and 4) and the top
 probability (tau 4) on 2,000 training and 2,000 test images, as stored (center) and under RandomResizedCrop +
 flip at the `ddkit` (scale 0.5-1) and `edc` (0.08-1) students' scales. Training images show how much of
-its training set a teacher has memorised; soft labels are always computed on training images.
+its training set a teacher has memorised; soft labels are always computed on training images. Rows with view
+`spread` measure how much a teacher's labels change from view to view of one image (what a student of a few
+images learns beyond the class): on the first 500 images, 8 RRC 0.5-1 views each, the mean total-variation
+distance of a view's label (tau 1 and 4) from the image's mean label, and the share of views whose top class
+differs from the mean label's.
 
     python bench/teacher_views.py --teachers bench/teacher_convnet3_cifar10.pt bench/teacher_airnet_cifar10.pt
 
@@ -18,6 +22,17 @@ from ddkit.data import load_splits
 from ddkit.teacher import load_checkpoint
 
 VIEWS = {"center": None, "rrc50": (0.5, 1.0), "rrc08": (0.08, 1.0)}
+SPREAD_IMAGES, SPREAD_VIEWS = 500, 8
+
+
+def spread(z: torch.Tensor) -> dict:
+    """z: logits [views, images, classes] -> how far each view's label is from the image's mean label."""
+    out = {}
+    for tau in (1, 4):
+        p = (z / tau).softmax(2)
+        out[f"view_tv_tau{tau}"] = round((p - p.mean(0)).abs().sum(2).div(2).mean().item(), 4)
+    out["view_top_changes"] = round((z.argmax(2) != z.softmax(2).mean(0).argmax(1)).float().mean().item(), 4)
+    return out
 
 
 def main():
@@ -36,18 +51,26 @@ def main():
         for view, scale in VIEWS.items():
             v = draw_views("rrc", len(x), *x.shape[-2:], g, scale) if scale else None
             inputs[split, view] = (apply_views(x, v, slice(None)) if v else x, d.labels[idx])
+        # own generator, so the rows above keep the images and views they had before `spread` existed
+        few, gs = x[:SPREAD_IMAGES], torch.Generator().manual_seed(1)
+        inputs[split, "spread"] = (torch.cat([apply_views(few, draw_views("rrc", len(few), *few.shape[-2:], gs),
+                                                          slice(None)) for _ in range(SPREAD_VIEWS)]), None)
     rows = []
     for path in a.teachers:
         model, ck = load_checkpoint(path, train.classes)
         for (split, view), (x, y) in inputs.items():
             with torch.no_grad():
                 z = torch.cat([model(c) for c in x.split(500)])
-            p1, p4 = z.softmax(1), (z / 4).softmax(1)
-            rows.append({"teacher": path, "arch": ck["arch"], "test_acc": ck.get("test_acc"), "split": split,
-                         "view": view, "acc": round((z.argmax(1) == y).float().mean().item(), 4),
-                         "p_true_tau1": round(p1.gather(1, y[:, None]).mean().item(), 4),
-                         "p_true_tau4": round(p4.gather(1, y[:, None]).mean().item(), 4),
-                         "p_top_tau4": round(p4.amax(1).mean().item(), 4)})
+            row = {"teacher": path, "arch": ck["arch"], "test_acc": ck.get("test_acc"), "split": split, "view": view}
+            if y is None:
+                row |= spread(z.view(SPREAD_VIEWS, -1, z.shape[1]))
+            else:
+                p1, p4 = z.softmax(1), (z / 4).softmax(1)
+                row |= {"acc": round((z.argmax(1) == y).float().mean().item(), 4),
+                        "p_true_tau1": round(p1.gather(1, y[:, None]).mean().item(), 4),
+                        "p_true_tau4": round(p4.gather(1, y[:, None]).mean().item(), 4),
+                        "p_top_tau4": round(p4.amax(1).mean().item(), 4)}
+            rows.append(row)
             print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
     Path(a.out).write_text(json.dumps({"images_per_split": a.images, "rows": rows}, indent=1) + "\n")
 
