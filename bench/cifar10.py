@@ -96,7 +96,7 @@ def row_of(run: Path, a) -> dict:
             "settings": d["settings"], "distill_seed": seed,
             "draw_group": run.name.removesuffix(f"_seed{seed}") if seed else run.name,
             **{k: m.get(k) for k in ("synthesis_wall_s", "diversity_cos", "image_updates", "teacher_image_passes",
-                                      "quantization_error", "random_quantization_error")},
+                                      "hard_after_explore", "quantization_error", "random_quantization_error")},
             "results": {k: summarize_entry(e) for k, e in m.get("evaluation", {}).items()
                         if f"/e{a.epochs}-" in k and e["seeds"]}}
 

@@ -109,11 +109,16 @@ def test_e2d_memory_holds_the_high_loss_boxes_and_exploitation_draws_from_them()
         seen.append((tuple(b[0].tolist()), 0.1 + it))
     assert set(s.memory[0]) == {k for k, v in seen if v > 0.5} and not s.memory[1]
     assert max(s.memory[0], key=s.memory[0].get) == max(seen, key=lambda t: t[1])[0]
+    hard = len(s.memory[0])
     for it in range(5, 8):  # exploitation: image 0's boxes come from its memory
         b = s.boxes(it, active, gen)
         assert tuple(b[0].tolist()) in s.memory[0]
         s.update(it, active, b, torch.tensor([0.0, 0.0]))   # solved: the drawn box leaves the memory
     assert len(s.memory[0]) == 1 and not s.done(7)
+    assert s.hard_after_explore == hard == 4   # counted when exploitation began, not shrinking after
+    resumed = E2DSampler(_Cfg(), 8, n=2)
+    resumed.load_state_dict(s.state_dict())
+    assert resumed.hard_after_explore == hard and resumed.memory == s.memory
     b = s.boxes(8, active, gen)
     s.update(8, active, b, torch.tensor([0.0, 0.0]))
     assert not s.memory[0] and s.done(8)

@@ -164,7 +164,7 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
                # unreadable files: the load's, and those a stream met decoding each group (on any rank)
                "skipped_images": list(dict.fromkeys(train.skipped + [s for p in parts for s in p["skipped"]])),
                "precision": mixed_precision(dev, amp).name}
-    for k in ("teacher_image_passes", "image_updates"):           # counters add up over groups
+    for k in ("teacher_image_passes", "image_updates", "hard_after_explore"):  # counters add up over groups
         if k in infos[0]:
             metrics[k] = sum(i[k] for i in infos)
     for k in ("quantization_error", "random_quantization_error"):  # per-class means average

@@ -149,6 +149,7 @@ class E2DSampler(UniformSampler):
         self.memory: list[dict[tuple, float]] = [dict() for _ in range(n)]
         self.drawn: list[tuple | None] = [None] * n   # stored box used this step, per image
         self.exploit_steps = 0
+        self.hard_after_explore = 0  # boxes in memory when exploitation begins (how much is left to revisit)
 
     def exploring(self, it: int) -> bool:
         return it < self.k
@@ -158,6 +159,8 @@ class E2DSampler(UniformSampler):
                              generator=gen)
         self.drawn = [None] * len(self.memory)
         if not self.exploring(it):
+            if self.exploit_steps == 0:
+                self.hard_after_explore = sum(len(m) for m in self.memory)
             self.exploit_steps += 1
             for row, i in enumerate(active.tolist()):
                 mem = self.memory[i]
@@ -186,11 +189,12 @@ class E2DSampler(UniformSampler):
 
     def state_dict(self):
         return {"memory": [[list(k) + [v] for k, v in m.items()] for m in self.memory],
-                "exploit_steps": self.exploit_steps}
+                "exploit_steps": self.exploit_steps, "hard_after_explore": self.hard_after_explore}
 
     def load_state_dict(self, state):
         self.memory = [{tuple(r[:4]): r[4] for r in m} for m in state["memory"]]
         self.exploit_steps = state["exploit_steps"]
+        self.hard_after_explore = state.get("hard_after_explore", 0)  # checkpoints written before it existed
 
 
 @register
@@ -223,4 +227,5 @@ class E2D(Method):
         sampler = E2DSampler(cfg, size, len(y))
         res, info = _recover(self, ctx, x0, y, classes, sampler=sampler)
         return Output(res.x.cpu(), y, info={**info, "exploit_steps": sampler.exploit_steps,
+                                            "hard_after_explore": sampler.hard_after_explore,
                                             "memory_left": sum(len(m) for m in sampler.memory)})
