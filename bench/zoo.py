@@ -18,6 +18,7 @@ during training) ~12 min; each extra teacher adds its forward to every student s
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def cell(a, names: list[str], out: Path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     prefix = {"ddkit": "convnet3/soft/e300-", "edc": "convnet3/soft/edc/e1000-"}[a.protocol]
     key, res = next((k, v) for k, v in metrics["evaluation"].items() if k.startswith(prefix))
-    accs = torch.tensor([round(100 * s["acc"], 2) for s in res["seeds"].values()])
+    accs = [round(100 * s["acc"], 2) for s in res["seeds"].values()]
+    mean, std = round(statistics.mean(accs), 2), round(statistics.stdev(accs), 2) if len(accs) > 1 else 0.0
     teachers = {n: torch.load(teacher_path(n), weights_only=True) for n in names}
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -93,13 +95,12 @@ def cell(a, names: list[str], out: Path) -> None:
         "teachers": {n: {"arch": ck["arch"], "test_acc": ck["test_acc"], "train_time_s": ck.get("train_time_s"),
                          "epochs": ck["recipe"].get("epochs"), "path": str(teacher_path(n))}
                      for n, ck in teachers.items()},
-        "protocol": a.protocol, "key": key, "accs": accs.tolist(), "mean": round(accs.mean().item(), 2),
-        "std": round(accs.std().item(), 2) if len(accs) > 1 else 0.0, "n": len(accs),
+        "protocol": a.protocol, "key": key, "accs": accs, "mean": mean, "std": std, "n": len(accs),
         "set": (f"e2d_ipc10 (ddkit distill --method e2d --ipc 10 --seed 0 --set iterations=200, against the "
                 f"cell's teacher(s); diversity {metrics.get('diversity_cos')})") if a.method == "e2d" else
                "random_ipc10 draw 0 (ddkit distill --method random --ipc 10 --seed 0)"}
     save_json(results, results_path)
-    print(f"{label} ({a.protocol}): {accs.mean():.2f} % (n={len(accs)})", flush=True)
+    print(f"{label} ({a.protocol}): {mean:.2f} % (n={len(accs)})", flush=True)
 
 
 def main():
