@@ -26,7 +26,7 @@ import torch
 
 from ddkit.utils import save_json
 
-# name -> `ddkit teacher` arguments; the first three exist already (see README for their commands)
+# name -> `ddkit teacher` arguments; every checkpoint is committed, so a listed name trains nothing
 ZOO = {
     "convnet3": ["--arch", "convnet3", "--epochs", "12"],
     "convnet3_s1": ["--arch", "convnet3", "--epochs", "12", "--seed", "1"],
