@@ -115,7 +115,7 @@ def test_e2d_memory_holds_the_high_loss_boxes_and_exploitation_draws_from_them()
         assert tuple(b[0].tolist()) in s.memory[0]
         s.update(it, active, b, torch.tensor([0.0, 0.0]))   # solved: the drawn box leaves the memory
     assert len(s.memory[0]) == 1 and not s.done(7)
-    assert s.hard_after_explore == hard == 4   # counted when exploitation began, not shrinking after
+    assert s.hard_after_explore == hard == 4   # counted when exploration ended, not shrinking after
     resumed = E2DSampler(_Cfg(), 8, n=2)
     resumed.load_state_dict(s.state_dict())
     assert resumed.hard_after_explore == hard and resumed.memory == s.memory
@@ -133,6 +133,16 @@ def test_e2d_exploitation_only_still_explores_one_step():
     s.update(0, torch.arange(1), b, torch.tensor([2.0]))
     assert s.memory[0] == {tuple(b[0].tolist()): 2.0} and not s.done(0)
     assert tuple(s.boxes(1, torch.arange(1), gen)[0].tolist()) in s.memory[0]
+
+
+def test_e2d_exploration_only_still_counts_its_hard_boxes():
+    cfg = _Cfg()
+    cfg.explore_frac = 1.0
+    s = E2DSampler(cfg, 8, n=1)
+    gen = torch.Generator().manual_seed(0)
+    for it in range(cfg.iterations):
+        s.update(it, torch.arange(1), s.boxes(it, torch.arange(1), gen), torch.tensor([2.0]))
+    assert s.exploit_steps == 0 and s.hard_after_explore == len(s.memory[0]) > 0
 
 
 def test_bn_targets_data_are_computed_once_on_the_pruned_pool(dataset, teacher_path, tmp_path, monkeypatch):

@@ -149,7 +149,7 @@ class E2DSampler(UniformSampler):
         self.memory: list[dict[tuple, float]] = [dict() for _ in range(n)]
         self.drawn: list[tuple | None] = [None] * n   # stored box used this step, per image
         self.exploit_steps = 0
-        self.hard_after_explore = 0  # boxes in memory when exploitation begins (how much is left to revisit)
+        self.hard_after_explore = 0  # boxes in memory at the end of exploration (what exploitation may revisit)
 
     def exploring(self, it: int) -> bool:
         return it < self.k
@@ -159,8 +159,6 @@ class E2DSampler(UniformSampler):
                              generator=gen)
         self.drawn = [None] * len(self.memory)
         if not self.exploring(it):
-            if self.exploit_steps == 0:
-                self.hard_after_explore = sum(len(m) for m in self.memory)
             self.exploit_steps += 1
             for row, i in enumerate(active.tolist()):
                 mem = self.memory[i]
@@ -183,6 +181,8 @@ class E2DSampler(UniformSampler):
                     self.memory[i][self.drawn[i]] = ce[row]
                 else:
                     del self.memory[i][self.drawn[i]]
+        if it == self.k - 1:  # also set when exploration is all there is (explore_frac=1)
+            self.hard_after_explore = sum(len(m) for m in self.memory)
 
     def done(self, it):
         return self.cfg.early_stop and not self.exploring(it) and not any(self.memory)
