@@ -1,13 +1,14 @@
 import pytest
 import torch
 
-from ddkit.accel import Precision, amp_enabled, configure, mixed_precision
+from ddkit.accel import Precision, amp_setting, configure, mixed_precision
 from ddkit.utils import DDKitError
 
 
 @pytest.mark.parametrize("device, amp, bf16, name", [
     ("cpu", True, None, "fp32"),      # CPU never autocasts (and asks CUDA nothing)
     ("cpu", False, None, "fp32"),
+    ("cpu", "on", None, "bf16"),      # opt-in: --amp on
     ("cuda", True, True, "bf16"),     # Ampere and later
     ("cuda", True, False, "fp16"),    # V100, T4: bf16 would be emulated
     ("cuda", False, True, "fp32"),    # --amp off
@@ -20,12 +21,14 @@ def test_precision_is_chosen_from_the_device_facts(device, amp, bf16, name):
 
 def test_amp_modes_auto_on_off():
     cpu, cuda = torch.device("cpu"), torch.device("cuda:1")
-    assert amp_enabled("auto", cpu) and mixed_precision(cpu, amp_enabled("auto", cpu)).name == "fp32"
-    assert amp_enabled("on", cuda) and amp_enabled("auto", cuda) and not amp_enabled("off", cuda)
-    with pytest.raises(DDKitError, match="--amp on needs a CUDA device"):
-        amp_enabled("on", cpu)
+    assert amp_setting("auto", cpu) and mixed_precision(cpu, amp_setting("auto", cpu)).name == "fp32"
+    assert amp_setting("on", cuda) and amp_setting("auto", cuda) and not amp_setting("off", cuda)
+    assert amp_setting("on", cpu) == "on" and mixed_precision(cpu, "on").name == "bf16"  # opt-in CPU bf16
+    assert not amp_setting("off", cpu) and mixed_precision(cuda, "on", bf16=True).name == "bf16"
+    with pytest.raises(DDKitError, match="--amp on needs a CUDA device or the CPU"):
+        amp_setting("on", "mps")
     with pytest.raises(DDKitError, match="unknown --amp"):
-        amp_enabled("fast", cuda)
+        amp_setting("fast", cuda)
 
 
 def test_fp32_scaler_passes_the_step_through_and_fp16_scales_the_loss():

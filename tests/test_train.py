@@ -1,3 +1,4 @@
+import math
 import pytest
 import torch
 
@@ -151,6 +152,14 @@ def test_cpu_training_does_not_depend_on_the_amp_switch():
     off, h_off = _train(TrainConfig(epochs=2, batch_size=4, aug="rrc", amp=False))
     assert h_on["precision"] == h_off["precision"] == "fp32"
     assert all(torch.equal(a, b) for a, b in zip(on.state_dict().values(), off.state_dict().values()))
+
+
+def test_cpu_bf16_is_opt_in_and_keeps_fp32_master_weights():
+    m, hist = _train(TrainConfig(epochs=2, batch_size=4, aug="rrc", amp="on"))
+    _, h32 = _train(TrainConfig(epochs=2, batch_size=4, aug="rrc", amp=False))
+    assert hist["precision"] == "bf16" and all(math.isfinite(v) for v in hist["loss"])
+    assert all(p.dtype == torch.float32 for p in m.parameters())
+    assert hist["loss"] != h32["loss"]  # the forward really ran in bf16
 
 
 def test_fp16_with_loss_scaling_trains_and_checkpoints_its_scaler(tmp_path, monkeypatch):

@@ -39,7 +39,8 @@ def _data_args(p: argparse.ArgumentParser, size_help: str = "") -> None:
 
 def _accel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision: bf16 autocast "
-                   "where the GPU has it, else fp16 with loss scaling; auto = on for CUDA, off for CPU")
+                   "where the GPU has it, else fp16 with loss scaling; auto = on for CUDA, off for CPU; on = also "
+                   "bf16 on the CPU (faster where it has AVX-512 BF16 or AMX)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models trained and the teacher's "
                    "forward (pays off on long GPU runs)")
 
@@ -100,7 +101,7 @@ def _teacher_args(p: argparse.ArgumentParser, help: str, several: bool = False) 
 
 
 def _eval_config(a, teacher_ids: tuple[str, ...], device):
-    from .accel import amp_enabled
+    from .accel import amp_setting
     from .evaluate import EvalConfig
     from .protocols import DEFAULT_EPOCHS, preset
     fields = _settings(a.pset, "--pset")
@@ -108,7 +109,7 @@ def _eval_config(a, teacher_ids: tuple[str, ...], device):
     epochs = a.epochs if a.epochs is not None else DEFAULT_EPOCHS.get(a.protocol, 300)
     return EvalConfig(archs=tuple(a.arch), seeds=a.seeds, label_mode=a.labels, epochs=epochs,
                       use_weights=not a.no_weights, protocol=preset(a.protocol, fields), teachers=teacher_ids,
-                      amp=amp_enabled(a.amp, device), compile=a.compile)
+                      amp=amp_setting(a.amp, device), compile=a.compile)
 
 
 def _settings(pairs: list[str], flag: str = "--set") -> dict[str, str]:
@@ -122,7 +123,7 @@ def _settings(pairs: list[str], flag: str = "--set") -> dict[str, str]:
 
 
 def cmd_teacher(a) -> None:
-    from .accel import amp_enabled
+    from .accel import amp_setting
     from .data import load_subset_file
     from .stream import open_splits
     from .teacher import train_teacher
@@ -141,7 +142,7 @@ def cmd_teacher(a) -> None:
     recipe = teacher_recipe(a.epochs, a.recipe)
     batch = a.batch_size or recipe.batch_size  # another batch scales the recipe's LR linearly (unless --lr)
     recipe = dataclasses.replace(recipe, batch_size=batch, lr=a.lr or recipe.lr * batch / recipe.batch_size,
-                                 amp=amp_enabled(a.amp, dev), compile=a.compile,
+                                 amp=amp_setting(a.amp, dev), compile=a.compile,
                                  label_smoothing=recipe.label_smoothing if a.label_smoothing is None
                                  else a.label_smoothing)
     _, ck = train_teacher(train, test, a.arch, recipe, a.seed, dev, a.out, use_cache=not a.no_cache,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import dist
-from .accel import amp_enabled, mixed_precision
+from .accel import amp_setting, mixed_precision
 from .data import Images, load_subset_file
 from .methods import Context, build_method
 from .models import embed
@@ -124,7 +124,7 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
     dev = dist.local_device(resolve_device(device))
     if out.exists() and not overwrite:
         raise DDKitError(f"output folder {out} already exists; pass --overwrite or choose another --out")
-    amp = amp_enabled(cfg.amp, dev)
+    amp = amp_setting(cfg.amp, dev)
     method = build_method(cfg.method, cfg.settings)
     train, teacher, tinfo = prepare(cfg, method, dev)
     key = stable_hash({"cfg": dataclasses.asdict(cfg), "method": dataclasses.asdict(method.cfg)})

@@ -39,7 +39,7 @@ class EvalConfig:
     protocol: Protocol = field(default_factory=Protocol)
     teachers: tuple[str, ...] = ()  # content hashes of an ensemble's members (soft labels from several)
     # how students are computed, like the device: saved with each result, not part of its key
-    amp: bool = True                # mixed precision where the device has it (ddkit.accel)
+    amp: bool | str = True          # mixed precision: True (auto), False, "on" (ddkit.accel.amp_setting)
     compile: bool = False           # torch.compile the students and the online teacher
 
     def key(self, arch: str) -> str:

@@ -59,7 +59,7 @@ class TrainConfig:
     rrc_scale: tuple[float, float] = (0.5, 1.0)
     temperature: float = 4.0
     channels_last: bool = True
-    amp: bool = True                # mixed precision on CUDA (bf16, else fp16 + loss scaling; see ddkit.accel)
+    amp: bool | str = True          # mixed precision: True (auto: CUDA only), False, "on" (CUDA, or bf16 on CPU)
     lr_by_epoch: bool = False       # LR set once per epoch (the peers' per-epoch LambdaLR), not per step
     cutmix: float = 0.0             # CutMix beta on every batch (0 = off)
     kl_t2: bool = True              # soft-label KL times tau^2 (Hinton); RDED/SRe2L leave it out

@@ -33,7 +33,7 @@ class Context:
     gen: torch.Generator
     progress: bool = True
     checkpoint: str | None = None   # where an optimising method keeps its resumable state
-    amp: bool = True                # mixed precision where the device has it (ddkit.accel)
+    amp: bool | str = True          # mixed precision: True (auto), False, "on" (ddkit.accel.amp_setting)
     compile: bool = False           # torch.compile the teacher's forward in the engine
 
     def autocast(self):
