@@ -5,6 +5,7 @@ bench/ are reused; the others are trained by `ddkit teacher` and written to benc
 
     python bench/zoo.py --teachers convnet3_e4 convnet4 mobilenet_v2            # train these (resumable)
     python bench/zoo.py --cells convnet3_e4 convnet3+convnet4+mobilenet_v2 [--protocol edc] [--method e2d]
+    python bench/zoo.py --cells convnet3 convnet3_e2 --protocol edc --pset soft_loss=kl ce_weight=0
 
 A cell is a teacher name, or names joined by '+' (their ensemble: the mean of the logits). Its students train on
 a copy of random draw 0 (`ddkit distill --method random --ipc 10 --seed 0`, the tables' draw 0; one run folder
@@ -31,6 +32,7 @@ ZOO = {
     "convnet3": ["--arch", "convnet3", "--epochs", "12"],
     "convnet3_s1": ["--arch", "convnet3", "--epochs", "12", "--seed", "1"],
     "airnet_e3": ["--arch", "airnet", "--recipe", "airnet", "--epochs", "3"],
+    "airnet_e45_bf16": ["--arch", "airnet", "--recipe", "airnet", "--epochs", "45", "--amp", "on"],
     "convnet3_e1": ["--arch", "convnet3", "--epochs", "1"],
     "convnet3_e2": ["--arch", "convnet3", "--epochs", "2"],
     "convnet3_e4": ["--arch", "convnet3", "--epochs", "4"],
@@ -68,7 +70,7 @@ def student_set(a, names: list[str], out: Path) -> tuple[Path, str]:
     draw = out / "runs" / "random_ipc10"
     run(["ddkit", "distill", "--method", "random", "--ipc", "10", "--seed", "0", "--data", a.data,
          "--teacher", str(teacher_path("convnet3")), "--out", str(draw), "--quiet"], (draw / "metrics.json").exists())
-    copy = out / "runs" / f"{label}_{a.protocol}"
+    copy = out / "runs" / f"{label}_{a.protocol}{variant(a)}"  # one protocol variant per folder: one result key
     if not copy.exists():
         tmp = copy.with_name(copy.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -77,12 +79,18 @@ def student_set(a, names: list[str], out: Path) -> tuple[Path, str]:
     return copy, label
 
 
+def variant(a) -> str:
+    """The suffix that tells a protocol with `--pset` overrides from the preset, in folder and result names."""
+    return "".join(f"+{kv}" for kv in a.pset)
+
+
 def cell(a, names: list[str], out: Path) -> None:
     """ConvNet-3 students on the cell's set, soft labels from `names` (their ensemble if several)."""
     run_dir, label = student_set(a, names, out)
-    pset = ["--pset", "eval_every=0"] if a.protocol == "edc" else []  # final EMA only: no test passes
+    pset = (["eval_every=0"] if a.protocol == "edc" else []) + a.pset  # edc: final EMA only, no test passes
     run(["ddkit", "evaluate", str(run_dir), "--seeds", str(a.seeds), "--labels", "soft", "--protocol", a.protocol,
-         *pset, "--teacher", *map(str, map(teacher_path, names)), "--data", a.data, "--quiet"])
+         *[x for kv in pset for x in ("--pset", kv)], "--teacher", *map(str, map(teacher_path, names)),
+         "--data", a.data, "--quiet"])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     prefix = {"ddkit": "convnet3/soft/e300-", "edc": "convnet3/soft/edc/e1000-"}[a.protocol]
     key, res = next((k, v) for k, v in metrics["evaluation"].items() if k.startswith(prefix))
@@ -91,11 +99,12 @@ def cell(a, names: list[str], out: Path) -> None:
     teachers = {n: torch.load(teacher_path(n), weights_only=True) for n in names}
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results[f"{label}/{a.protocol}"] = {
-        "teachers": {n: {"arch": ck["arch"], "test_acc": ck["test_acc"], "train_time_s": ck.get("train_time_s"),
+    results[f"{label}/{a.protocol}{variant(a)}"] = {
+        "teachers": {n: {"arch": ck["arch"], "test_acc": ck["test_acc"],
+                         "test_acc_flip_tta": ck.get("test_acc_flip_tta"), "train_time_s": ck.get("train_time_s"),
                          "epochs": ck["recipe"].get("epochs"), "path": str(teacher_path(n))}
                      for n, ck in teachers.items()},
-        "protocol": a.protocol, "key": key, "accs": accs, "mean": mean, "std": std, "n": len(accs),
+        "protocol": a.protocol, "pset": a.pset, "key": key, "accs": accs, "mean": mean, "std": std, "n": len(accs),
         "set": (f"e2d_ipc10 (ddkit distill --method e2d --ipc 10 --seed 0 --set iterations=200, against the "
                 f"cell's teacher(s); diversity {metrics.get('diversity_cos')})") if a.method == "e2d" else
                "random_ipc10 draw 0 (ddkit distill --method random --ipc 10 --seed 0)"}
@@ -111,9 +120,13 @@ def main():
     ap.add_argument("--protocol", default="ddkit", choices=["ddkit", "edc"])
     ap.add_argument("--method", default="random", choices=["random", "e2d"],
                     help="the students' images: random draw 0, or e2d distilled against the cell's teacher(s)")
+    ap.add_argument("--pset", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="protocol overrides, as `ddkit evaluate --pset` (e.g. soft_loss=kl ce_weight=0)")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--out", default="bench/results/cifar10_strong/zoo")
     a = ap.parse_args()
+    if a.pset and a.method == "e2d":  # an e2d set's folder serves every protocol: one variant per key only
+        raise SystemExit("zoo.py: --pset goes with --method random")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in a.teachers:
