@@ -3,10 +3,10 @@
 Mixed precision is one switch (TrainConfig.amp, `--amp auto|on|off`). On CUDA it autocasts to bf16 where the
 GPU computes it natively (compute capability 8.0+) and else to fp16 with a GradScaler, since fp16 gradients
 underflow without loss scaling. On CPU `auto` stays fp32, so CPU results are the fp32 results bit for bit;
-`on` autocasts to bf16 there too (about 1.9x faster training on a CPU with AVX-512 BF16, see
-bench/train_throughput.py; slower where bf16 is emulated). Under autocast, parameters, optimiser state, the pixels a
-synthesis optimises and every loss stay fp32 (callers cast logits with .float(); BN-statistic losses run
-with autocast off).
+`on` autocasts to bf16 there too (1.6-1.8x the training throughput on a CPU with AVX-512 BF16, measured by
+bench/train_throughput.py; slower where bf16 is emulated). Under autocast, parameters, optimiser state, the
+pixels a synthesis optimises and every loss stay fp32 (callers cast logits with .float(); BN-statistic losses
+run with autocast off).
 """
 from __future__ import annotations
 
