@@ -31,7 +31,7 @@ from ddkit.protocols import DEFAULT_EPOCHS, PRESETS, label_robustness, preset
 from ddkit.rundir import DistilledSet, read_json, read_run
 from ddkit.utils import atomic_path, resolve_device, save_json, tune_malloc
 
-SETS = {"random": [0, 1], "rded": [0, 1], "e2d": [0], "delt": [0], "sre2l": [0], "ddoq": [0]}  # name -> draws
+SETS = {"random": [0, 1], "rded": [0, 1], "e2d": [0, 1], "delt": [0], "sre2l": [0], "ddoq": [0]}  # name -> draws
 ARCHS = ("convnet3", "resnet18")   # students
 # Published CIFAR-10 IPC10 figures (docs/methods.md), best epoch as those papers report it
 PUBLISHED = {"rded": "RDED, ConvNet-3: 50.2", "delt": "DELT, ResNet-18m: 43.0 (RDED on it: 37.1)"}
@@ -99,6 +99,15 @@ def stored_cells(a, tag: str, fingerprint) -> dict:
     if fp is None and "source" in row.get("results", {}).get("ddkit/soft", {}):
         fp = read_json(a.runs.parent / f"{tag}.json").get("diversity_cos")
     return dict(row.get("results", {})) if same_set(fp, fingerprint) else {}
+
+
+def check_same_set(a, tag: str, run: Path) -> None:
+    """Refuse a run folder made again with another set than its stored row's (synthesis at another thread count
+    can move it): that row's measured cells would be dropped when the new row replaces it."""
+    row, fp = read_json(a.out / f"{tag}.json"), read_json(run / "metrics.json").get("diversity_cos")
+    if row.get("results") and row.get("diversity_cos") is not None and not same_set(row["diversity_cos"], fp):
+        raise SystemExit(f"protocols.py: {run} holds another set than {a.out / tag}.json (teacher-feature diversity "
+                         f"{fp} vs {row['diversity_cos']}); move that row away to measure this set")
 
 
 def earlier_ddkit(folder: Path, tag: str, key: str, fingerprint) -> dict | None:
@@ -244,6 +253,7 @@ def main():
                     rows.append(read_json(a.out / f"{tag}.json"))
                 continue
             tag, run = make_run(name, a.ipc, a, dev, teacher, test, runs=a.runs)
+            check_same_set(a, tag, run)
             rows.append(evaluate_row(tag, run, a, dev, teacher, test))
             save_json(rows[-1], a.out / f"{tag}.json")
             print(f"[{time.time() - t0:.0f} s] {tag} done", flush=True)
