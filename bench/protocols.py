@@ -1,6 +1,6 @@
 """CIFAR-10 IPC10: the same distilled sets under the field's evaluation protocols, side by side.
 
-Sets: random real (2 synthesis draws), rded (2 draws), e2d, delt, sre2l at bench/cifar10.py's budgets,
+Sets: random real (2 synthesis draws), rded (2 draws), e2d (2 draws), delt, sre2l at bench/cifar10.py's budgets,
 in bench/cifar10.py's run folders (bench/results/cifar10/runs/<tag>: reused when that benchmark made them,
 distilled otherwise, with the same tags so it reuses ours). Protocols (ddkit.protocols): ddkit, rded,
 sre2l, ddranking; soft labels; ConvNet-3 teacher and student. For DD-Ranking's metrics, hard-label runs of
