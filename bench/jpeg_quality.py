@@ -7,12 +7,11 @@ falls as the images lose detail. It bounds nothing about the lossless data; it s
 
 Copies go to the cache (DDKIT_CACHE, default ~/.cache/ddkit/NAME_jpeg_qQ; ~1 min each, written to a temporary folder
 and renamed when whole), teachers there too (`ddkit teacher`, resumable); OUT/results.json is rewritten after
-every teacher, with the copy's mean file size per training image (headers included). `--qualities source` trains on the copy itself, as a
-same-settings baseline. Budget on 2 CPU cores: airnet in bf16 (`--amp on`) ~95 s per epoch at 2 threads,
-~3.1 min at 1 thread beside another job.
+every teacher, with the copy's mean file size per training image (headers included). `--qualities source` trains
+on the copy itself, as a same-settings baseline. Budget on 2 CPU cores: airnet in bf16 (`--amp on`) ~95 s per
+epoch at 2 threads, ~3.1 min at 1 thread beside another job.
 """
 import argparse
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ddkit.rundir import read_json
 from ddkit.utils import cache_dir, save_json
 
 RECIPES = {"airnet": ["--recipe", "airnet"], "convnet3": []}
@@ -66,7 +66,7 @@ def main():
             subprocess.run(cmd, check=True)
         ck = torch.load(ckpt, weights_only=True)
         results_path = a.out / "results.json"
-        results = json.loads(results_path.read_text()) if results_path.exists() else {}
+        results = read_json(results_path)
         results[f"{a.arch}_e{a.epochs}/q{q}"] = {
             "quality": q, "source": a.data, "bytes_per_train_image": mean_bytes(data),
             "test_acc": ck["test_acc"], "test_acc_flip_tta": ck.get("test_acc_flip_tta"),

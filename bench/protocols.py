@@ -98,16 +98,12 @@ def stored_cells(a, tag: str, fingerprint) -> dict:
     fp = row.get("diversity_cos")
     if fp is None and "source" in row.get("results", {}).get("ddkit/soft", {}):
         fp = read_json(a.runs.parent / f"{tag}.json").get("diversity_cos")
+    if row.get("results") and fp is not None and not same_set(fp, fingerprint):
+        # a run folder made again with another set (e.g. synthesis at another thread count): its row would
+        # replace the stored one and drop the cells measured on the old set
+        raise SystemExit(f"protocols.py: {a.runs / tag} holds another set than {a.out / tag}.json (teacher-feature "
+                         f"diversity {fingerprint} vs {fp}); move that row away to measure this set")
     return dict(row.get("results", {})) if same_set(fp, fingerprint) else {}
-
-
-def check_same_set(a, tag: str, run: Path) -> None:
-    """Refuse a run folder made again with another set than its stored row's (synthesis at another thread count
-    can move it): that row's measured cells would be dropped when the new row replaces it."""
-    row, fp = read_json(a.out / f"{tag}.json"), read_json(run / "metrics.json").get("diversity_cos")
-    if row.get("results") and row.get("diversity_cos") is not None and not same_set(row["diversity_cos"], fp):
-        raise SystemExit(f"protocols.py: {run} holds another set than {a.out / tag}.json (teacher-feature diversity "
-                         f"{fp} vs {row['diversity_cos']}); move that row away to measure this set")
 
 
 def earlier_ddkit(folder: Path, tag: str, key: str, fingerprint) -> dict | None:
@@ -253,7 +249,6 @@ def main():
                     rows.append(read_json(a.out / f"{tag}.json"))
                 continue
             tag, run = make_run(name, a.ipc, a, dev, teacher, test, runs=a.runs)
-            check_same_set(a, tag, run)
             rows.append(evaluate_row(tag, run, a, dev, teacher, test))
             save_json(rows[-1], a.out / f"{tag}.json")
             print(f"[{time.time() - t0:.0f} s] {tag} done", flush=True)

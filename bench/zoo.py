@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ddkit.rundir import read_json
 from ddkit.utils import save_json
 
 # name -> `ddkit teacher` arguments; every checkpoint is committed, so a listed name trains nothing
@@ -98,7 +99,7 @@ def cell(a, names: list[str], out: Path) -> None:
     mean, std = round(statistics.mean(accs), 2), round(statistics.stdev(accs), 2) if len(accs) > 1 else 0.0
     teachers = {n: torch.load(teacher_path(n), weights_only=True) for n in names}
     results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = read_json(results_path)
     results[f"{label}/{a.protocol}{variant(a)}"] = {
         "teachers": {n: {"arch": ck["arch"], "test_acc": ck["test_acc"],
                          "test_acc_flip_tta": ck.get("test_acc_flip_tta"), "train_time_s": ck.get("train_time_s"),
