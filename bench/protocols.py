@@ -86,7 +86,8 @@ def row_of(tag: str, run: Path, a) -> dict:
 def same_set(a: float | None, b: float | None) -> bool:
     """Whether two teacher-feature diversities fingerprint the same set: within 5e-4 (another draw, synthesis
     or teacher moves it by 4e-3 or more in bench/cifar10.py's draws; the same synthesis at another thread
-    count, by 1e-4, float summation order)."""
+    count, by float summation order: 1e-4 for the real-image methods, up to 6e-4 for sre2l, which optimises
+    from noise, so its re-syntheses may fall either side of the bound)."""
     return a is not None and b is not None and abs(a - b) <= 5e-4
 
 
