@@ -40,6 +40,9 @@ ZOO = {
     "convnet3_e8": ["--arch", "convnet3", "--epochs", "8"],
     "convnet4": ["--arch", "convnet4", "--epochs", "8"],
     "mobilenet_v2": ["--arch", "mobilenet_v2", "--epochs", "6"],
+    # recipe vs architecture: each net under the other's recipe (airnet: batch 512, peak LR 0.4)
+    "convnet3_airrecipe": ["--arch", "convnet3", "--recipe", "airnet", "--epochs", "12"],
+    "airnet_e3_default": ["--arch", "airnet", "--recipe", "default", "--epochs", "3"],
 }
 
 
