@@ -5,7 +5,7 @@
 # Resumable: a run's data.pt is kept, finished student seeds are stored in its metrics.json and skipped, and an
 # unfinished seed resumes from its checkpoint. Budget measured on 2 cores, two of these side by side at 1 thread
 # each: 32-43 min per student, plus synthesis (e2d ~5 min, delt ~10 min).
-#   SEEDS=3 bash bench/ipc50_edc.sh random e2d   # student seeds 0-2 each (default SEEDS=1: seed 0)
+#   SEEDS=3 bash bench/ipc50_edc.sh random e2d delt   # student seeds 0-2 each (default SEEDS=1: seed 0)
 set -e
 cd "$(dirname "$0")/.."
 T=bench/teacher_convnet3_cifar10.pt D=${DATA:-../shared/datasets/cifar10} OUT=bench/results/cifar10_ipc50_edc

@@ -1,11 +1,12 @@
 """A small zoo of CIFAR-10 teachers (other architectures, shorter training), and what their soft labels (alone and
-averaged, `--teacher A B ...`) teach ConvNet-3 students (issue 24: EDC relabels with several small nets; three
-seeds of one ConvNet-3 added nothing, bench/results/cifar10_strong/teacher_seeds/). Teachers that exist under
-bench/ are reused; the others are trained by `ddkit teacher` and written to bench/teacher_NAME_cifar10.pt.
+averaged, `--teacher A B ...`) teach students, ConvNet-3 by default (issue 24: EDC relabels with several small
+nets; three seeds of one ConvNet-3 added nothing, bench/results/cifar10_strong/teacher_seeds/). Teachers that exist
+under bench/ are reused; the others are trained by `ddkit teacher` and written to bench/teacher_NAME_cifar10.pt.
 
     python bench/zoo.py --teachers convnet3_e4 convnet4 mobilenet_v2            # train these (resumable)
     python bench/zoo.py --cells convnet3_e4 convnet3+convnet4+mobilenet_v2 [--protocol edc] [--method e2d]
     python bench/zoo.py --cells convnet3 convnet3_e2 --protocol edc --pset soft_loss=kl ce_weight=0
+    python bench/zoo.py --cells airnet_e45_bf16 --protocol edc --arch resnet18      # ResNet-18 students
 
 A cell is a teacher name, or names joined by '+' (their ensemble: the mean of the logits). Its students train on
 a copy of random draw 0 (`ddkit distill --method random --ipc 10 --seed 0`, the tables' draw 0; one run folder
@@ -14,7 +15,7 @@ keeps the students of one teacher), or with `--method e2d` on an E2D set distill
 OUT/results.json is re-read and rewritten after every cell, so several processes may run side by side.
 Budget on 2 CPU cores at 1 thread each, two jobs side by side: ConvNet-3 ~2.7 min per teacher epoch (convnet4
 the same, mobilenet_v2 ~3.3), a `ddkit`-protocol student ~2.5 min, an `edc` one (1000 epochs, no test passes
-during training) ~12 min; each extra teacher adds its forward to every student step.
+during training) ~12 min (ResNet-18: ~1.7 h); each extra teacher adds its forward to every student step.
 """
 import argparse
 import json
@@ -89,26 +90,29 @@ def variant(a) -> str:
 
 
 def cell(a, names: list[str], out: Path) -> None:
-    """ConvNet-3 students on the cell's set, soft labels from `names` (their ensemble if several)."""
+    """`a.arch` students on the cell's set, soft labels from `names` (their ensemble if several)."""
     run_dir, label = student_set(a, names, out)
     pset = (["eval_every=0"] if a.protocol == "edc" else []) + a.pset  # edc: final EMA only, no test passes
     run(["ddkit", "evaluate", str(run_dir), "--seeds", str(a.seeds), "--labels", "soft", "--protocol", a.protocol,
-         *[x for kv in pset for x in ("--pset", kv)], "--teacher", *map(str, map(teacher_path, names)),
+         "--arch", a.arch, *[x for kv in pset for x in ("--pset", kv)],
+         "--teacher", *map(str, map(teacher_path, names)),
          "--data", a.data, "--quiet"])
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    prefix = {"ddkit": "convnet3/soft/e300-", "edc": "convnet3/soft/edc/e1000-"}[a.protocol]
+    prefix = a.arch + {"ddkit": "/soft/e300-", "edc": "/soft/edc/e1000-"}[a.protocol]
     key, res = next((k, v) for k, v in metrics["evaluation"].items() if k.startswith(prefix))
     accs = [round(100 * s["acc"], 2) for s in res["seeds"].values()]
     mean, std = round(statistics.mean(accs), 2), round(statistics.stdev(accs), 2) if len(accs) > 1 else 0.0
     teachers = {n: torch.load(teacher_path(n), weights_only=True) for n in names}
     results_path = out / "results.json"
     results = read_json(results_path)
-    results[f"{label}/{a.protocol}{variant(a)}"] = {
+    student = "" if a.arch == "convnet3" else f"/{a.arch}"  # ConvNet-3 keys keep their first format
+    results[f"{label}/{a.protocol}{variant(a)}{student}"] = {
         "teachers": {n: {"arch": ck["arch"], "test_acc": ck["test_acc"],
                          "test_acc_flip_tta": ck.get("test_acc_flip_tta"), "train_time_s": ck.get("train_time_s"),
                          "epochs": ck["recipe"].get("epochs"), "path": str(teacher_path(n))}
                      for n, ck in teachers.items()},
-        "protocol": a.protocol, "pset": a.pset, "key": key, "accs": accs, "mean": mean, "std": std, "n": len(accs),
+        "student": a.arch, "protocol": a.protocol, "pset": a.pset, "key": key, "accs": accs, "mean": mean,
+        "std": std, "n": len(accs),
         "set": (f"e2d_ipc10 (ddkit distill --method e2d --ipc 10 --seed 0 --set iterations=200, against the "
                 f"cell's teacher(s); diversity {metrics.get('diversity_cos')})") if a.method == "e2d" else
                "random_ipc10 draw 0 (ddkit distill --method random --ipc 10 --seed 0)"}
@@ -126,6 +130,7 @@ def main():
                     help="the students' images: random draw 0, or e2d distilled against the cell's teacher(s)")
     ap.add_argument("--pset", nargs="*", default=[], metavar="KEY=VALUE",
                     help="protocol overrides, as `ddkit evaluate --pset` (e.g. soft_loss=kl ce_weight=0)")
+    ap.add_argument("--arch", default="convnet3", choices=["convnet3", "resnet18"], help="the students")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--out", default="bench/results/cifar10_strong/zoo")
     a = ap.parse_args()
