@@ -6,7 +6,7 @@ under bench/ are reused; the others are trained by `ddkit teacher` and written t
     python bench/zoo.py --teachers convnet3_e4 convnet4 mobilenet_v2            # train these (resumable)
     python bench/zoo.py --cells convnet3_e4 convnet3+convnet4+mobilenet_v2 [--protocol edc] [--method e2d]
     python bench/zoo.py --cells convnet3 convnet3_e2 --protocol edc --pset soft_loss=kl ce_weight=0
-    python bench/zoo.py --cells airnet_e45_bf16 --protocol edc --arch resnet18      # ResNet-18 students
+    python bench/zoo.py --cells convnet3_e4 --protocol edc --arch resnet18          # ResNet-18 students
 
 A cell is a teacher name, or names joined by '+' (their ensemble: the mean of the logits). Its students train on
 a copy of random draw 0 (`ddkit distill --method random --ipc 10 --seed 0`, the tables' draw 0; one run folder
@@ -15,7 +15,7 @@ keeps the students of one teacher), or with `--method e2d` on an E2D set distill
 OUT/results.json is re-read and rewritten after every cell, so several processes may run side by side.
 Budget on 2 CPU cores at 1 thread each, two jobs side by side: ConvNet-3 ~2.7 min per teacher epoch (convnet4
 the same, mobilenet_v2 ~3.3), a `ddkit`-protocol student ~2.5 min, an `edc` one (1000 epochs, no test passes
-during training) ~12 min (ResNet-18: ~1.7 h); each extra teacher adds its forward to every student step.
+during training) ~12 min (ResNet-18: ~62 min); each extra teacher adds its forward to every student step.
 """
 import argparse
 import json
@@ -117,7 +117,7 @@ def cell(a, names: list[str], out: Path) -> None:
                 f"cell's teacher(s); diversity {metrics.get('diversity_cos')})") if a.method == "e2d" else
                "random_ipc10 draw 0 (ddkit distill --method random --ipc 10 --seed 0)"}
     save_json(results, results_path)
-    print(f"{label} ({a.protocol}): {mean:.2f} % (n={len(accs)})", flush=True)
+    print(f"{label} ({a.protocol}{variant(a)}{student}): {mean:.2f} % (n={len(accs)})", flush=True)
 
 
 def main():
