@@ -51,6 +51,25 @@ def test_airnet_avg_pools_the_same_features_by_their_mean():
     assert torch.allclose(mx(x), mx.head(f.amax((2, 3))) / 9, atol=1e-6)
 
 
+def test_airnet_wide_adds_a_residual_conv_per_group():
+    torch.manual_seed(0)
+    m = build_model("airnet_wide", 10, 16).eval()
+    blocks = [b for b in m.features if type(b).__name__ == "Residual"]
+    assert len(blocks) == 3 and [b.body[0].out_channels for b in blocks] == [128, 384, 512]
+    x = torch.randn(2, 3, 16, 16)
+
+    def features(skip=()):
+        f = torch.nn.functional.gelu(m.whiten(x))
+        for layer in m.features:
+            f = f if layer in skip else layer(f)
+        return f
+
+    assert not torch.allclose(features(), features(blocks), rtol=0.01, atol=0)  # small activations: relative
+    for b in blocks:  # a zeroed BN makes the branch output GELU(0) = 0: each block passes its input through
+        nn.init.zeros_(b.body[1].weight), nn.init.zeros_(b.body[1].bias)
+    assert torch.equal(features(), features(blocks))
+
+
 def test_unknown_arch_is_clear():
     with pytest.raises(DDKitError, match="unknown architecture"):
         build_model("vgg99", 10)

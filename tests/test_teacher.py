@@ -32,6 +32,29 @@ def test_teacher_learns_and_is_cached(dataset, monkeypatch, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
 
 
+def test_a_resumed_teacher_counts_the_time_of_its_interrupted_attempt(dataset, monkeypatch):
+    import ddkit.train
+    from ddkit.utils import STOP, cache_dir, load_torch
+    train, test = load_splits(str(dataset))
+    real_save = ddkit.train.save_torch
+    monkeypatch.setattr(ddkit.train, "CHECKPOINT_S", 0.0)
+
+    def save_then_stop(obj, path):  # pre-empted right after the first epoch's checkpoint
+        real_save(obj, path)
+        STOP["requested"] = True
+    monkeypatch.setattr(ddkit.train, "save_torch", save_then_stop)
+    try:
+        with pytest.raises(DDKitError, match="stopped in epoch 1"):
+            train_teacher(train, test, "convnet3", teacher_recipe(2), seed=5, progress=False)
+    finally:
+        STOP["requested"] = False
+    partial, = (cache_dir() / "teachers").glob("*.partial")
+    real_save({**load_torch(partial), "elapsed_s": 1000.0}, partial)  # as if the first attempt took 1000 s
+    monkeypatch.setattr(ddkit.train, "save_torch", real_save)
+    _, ck = train_teacher(train, test, "convnet3", teacher_recipe(2), seed=5, progress=False)
+    assert ck["train_time_s"] >= 1000.0 and not partial.exists()
+
+
 def test_a_whitened_teacher_keeps_the_first_layer_set_from_its_seeded_data_sample(dataset):
     train, _ = load_splits(str(dataset))
     recipe = teacher_recipe(1, "airnet")

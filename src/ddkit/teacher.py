@@ -170,7 +170,7 @@ def train_teacher(train: Images, test: Images | None, arch: str = "convnet3",
     t0 = time.time()
     hist = fit(model, train.fit_images, train.labels, train.normalize, recipe, device, seed=seed,
                checkpoint=str(cached.with_suffix(".partial")), desc=f"teacher {arch}", progress=progress)
-    train_time = time.time() - t0
+    train_time = time.time() - t0 + hist["resumed_s"]  # a resumed teacher counts its earlier attempts too
     batch = inference_batch(test.image_size, 1000) if test is not None else 0
     acc, tta = ((accuracy(model, test.batches(None, batch), test.labels, train.normalize, device, flip)
                  for flip in (False, True)) if test is not None else (None, None))
