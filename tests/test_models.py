@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from ddkit.models import MODELS, build_model, classifier, embed, has_batchnorm
+from ddkit.models import MODELS, Residual, build_model, classifier, embed, has_batchnorm
 from ddkit.utils import DDKitError
 
 
@@ -54,7 +54,7 @@ def test_airnet_avg_pools_the_same_features_by_their_mean():
 def test_airnet_wide_adds_a_residual_conv_per_group():
     torch.manual_seed(0)
     m = build_model("airnet_wide", 10, 16).eval()
-    blocks = [b for b in m.features if type(b).__name__ == "Residual"]
+    blocks = [b for b in m.features if isinstance(b, Residual)]
     assert len(blocks) == 3 and [b.body[0].out_channels for b in blocks] == [128, 384, 512]
     x = torch.randn(2, 3, 16, 16)
 
