@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from ddkit.accel import cpu_bf16_native
+
 
 def measure(recipe: str, n: int, arch: str, amp: bool | str) -> float:
     from ddkit.models import build_model
@@ -64,7 +66,8 @@ def main():
                 key = f"{recipe}_{malloc}" + ("_bf16" if prec == "bf16" else "")
                 runs.setdefault(key, []).append(float(out.stdout.split()[-1]))
     res = {"arch": a.arch, "images": a.images, "repeats": a.repeats, "threads": torch.get_num_threads(),
-           "torch": torch.__version__, "machine": platform.machine()}
+           "torch": torch.__version__, "machine": platform.machine(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_native": cpu_bf16_native()}
     for k, v in runs.items():
         res[f"{k}_img_per_s"] = round(statistics.median(v), 1)
     for recipe in ("teacher", "student"):

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from ddkit import accel
 from ddkit.accel import Precision, amp_setting, configure, mixed_precision
 from ddkit.utils import DDKitError
 
@@ -17,6 +18,15 @@ def test_precision_is_chosen_from_the_device_facts(device, amp, bf16, name):
     p = mixed_precision(device, amp, bf16=bf16)
     assert p.name == name and p.device_type == device.split(":")[0]
     assert p.scaled == (name == "fp16")  # a GradScaler only where gradients would underflow
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_on_warns_where_the_cpu_emulates_bf16(monkeypatch, capsys, native):
+    monkeypatch.setattr(accel, "cpu_bf16_native", lambda: native)
+    assert amp_setting("on", "cpu") == "on"  # still the user's choice
+    assert ("no native bf16" in capsys.readouterr().err) is not native
+    amp_setting("auto", "cpu"), amp_setting("off", "cpu")
+    assert capsys.readouterr().err == ""  # fp32 either way: nothing to warn about
 
 
 def test_amp_modes_auto_on_off():

@@ -4,12 +4,13 @@ Mixed precision is one switch (TrainConfig.amp, `--amp auto|on|off`). On CUDA it
 GPU computes it natively (compute capability 8.0+) and else to fp16 with a GradScaler, since fp16 gradients
 underflow without loss scaling. On CPU `auto` stays fp32, so CPU results are the fp32 results bit for bit;
 `on` autocasts to bf16 there too (1.6-1.8x the training throughput on a CPU with AVX-512 BF16, measured by
-bench/train_throughput.py; slower where bf16 is emulated). Under autocast, parameters, optimiser state, the
-pixels a synthesis optimises and every loss stay fp32 (callers cast logits with .float(); BN-statistic losses
-run with autocast off).
+bench/train_throughput.py; several times slower than fp32 on an AVX2-only CPU, which emulates it, so `on` warns
+there). Under autocast, parameters, optimiser state, the pixels a synthesis optimises and every loss stay fp32
+(callers cast logits with .float(); BN-statistic losses run with autocast off).
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,14 @@ def bf16_native(device: torch.device) -> bool:
     return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
 
 
+def cpu_bf16_native() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (AVX-512 or AMX on x86, BF16 on Arm); True if unknown."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without this check: do not warn
+        return True
+
+
 def mixed_precision(device: torch.device | str, amp: bool | str = True, bf16: bool | None = None) -> Precision:
     """The precision a loop on `device` runs in, for amp = True (auto), False (off) or "on" (amp_setting);
     `bf16` (whether the GPU has native bf16) is looked up unless given."""
@@ -67,6 +76,9 @@ def amp_setting(mode: str, device: torch.device | str) -> bool | str:
         raise DDKitError(f"unknown --amp {mode!r}; choose from {', '.join(AMP_MODES)}")
     if mode == "on" and torch.device(device).type not in ("cuda", "cpu"):
         raise DDKitError(f"--amp on needs a CUDA device or the CPU, got {device} (use --amp auto or off)")
+    if mode == "on" and torch.device(device).type == "cpu" and not cpu_bf16_native():
+        print("ddkit: warning: --amp on: this CPU has no native bf16 (no AVX-512/AMX), so it is emulated and "
+              "runs several times slower than fp32 (--amp off)", file=sys.stderr)
     return {"auto": True, "off": False}.get(mode, mode)
 
 
