@@ -25,7 +25,8 @@ def test_amp_on_warns_where_the_cpu_emulates_bf16(monkeypatch, capsys, native):
     monkeypatch.setattr(accel, "cpu_bf16_native", lambda: native)
     assert amp_setting("on", "cpu") == "on"  # still the user's choice
     assert ("no native bf16" in capsys.readouterr().err) is not native
-    amp_setting("auto", "cpu"), amp_setting("off", "cpu")
+    amp_setting("auto", "cpu")
+    amp_setting("off", "cpu")
     assert capsys.readouterr().err == ""  # fp32 either way: nothing to warn about
 
 

@@ -4,9 +4,9 @@ Mixed precision is one switch (TrainConfig.amp, `--amp auto|on|off`). On CUDA it
 GPU computes it natively (compute capability 8.0+) and else to fp16 with a GradScaler, since fp16 gradients
 underflow without loss scaling. On CPU `auto` stays fp32, so CPU results are the fp32 results bit for bit;
 `on` autocasts to bf16 there too (1.6-1.8x the training throughput on a CPU with AVX-512 BF16, measured by
-bench/train_throughput.py; several times slower than fp32 on an AVX2-only CPU, which emulates it, so `on` warns
-there). Under autocast, parameters, optimiser state, the pixels a synthesis optimises and every loss stay fp32
-(callers cast logits with .float(); BN-statistic losses run with autocast off).
+bench/train_throughput.py; 0.09x on an AVX2-only CPU, which emulates it, so `on` warns there). Under autocast,
+parameters, optimiser state, the pixels a synthesis optimises and every loss stay fp32 (callers cast logits
+with .float(); BN-statistic losses run with autocast off).
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def amp_setting(mode: str, device: torch.device | str) -> bool | str:
         raise DDKitError(f"--amp on needs a CUDA device or the CPU, got {device} (use --amp auto or off)")
     if mode == "on" and torch.device(device).type == "cpu" and not cpu_bf16_native():
         print("ddkit: warning: --amp on: this CPU has no native bf16 (no AVX-512/AMX), so it is emulated and "
-              "runs several times slower than fp32 (--amp off)", file=sys.stderr)
+              "runs ~10x slower than fp32 (--amp off)", file=sys.stderr)
     return {"auto": True, "off": False}.get(mode, mode)
 
 
