@@ -66,7 +66,8 @@ def test_airnet_wide_adds_a_residual_conv_per_group():
 
     assert not torch.allclose(features(), features(blocks), rtol=0.01, atol=0)  # small activations: relative
     for b in blocks:  # a zeroed BN makes the branch output GELU(0) = 0: each block passes its input through
-        nn.init.zeros_(b.body[1].weight), nn.init.zeros_(b.body[1].bias)
+        nn.init.zeros_(b.body[1].weight)
+        nn.init.zeros_(b.body[1].bias)
     assert torch.equal(features(), features(blocks))
 
 

@@ -74,11 +74,12 @@ def amp_setting(mode: str, device: torch.device | str) -> bool | str:
     """TrainConfig.amp from `--amp`: auto -> True (CUDA only), off -> False, on -> "on" (CUDA or CPU)."""
     if mode not in AMP_MODES:
         raise DDKitError(f"unknown --amp {mode!r}; choose from {', '.join(AMP_MODES)}")
-    if mode == "on" and torch.device(device).type not in ("cuda", "cpu"):
+    kind = torch.device(device).type
+    if mode == "on" and kind not in ("cuda", "cpu"):
         raise DDKitError(f"--amp on needs a CUDA device or the CPU, got {device} (use --amp auto or off)")
-    if mode == "on" and torch.device(device).type == "cpu" and not cpu_bf16_native():
-        print("ddkit: warning: --amp on: this CPU has no native bf16 (no AVX-512/AMX), so it is emulated and "
-              "runs ~10x slower than fp32 (--amp off)", file=sys.stderr)
+    if mode == "on" and kind == "cpu" and not cpu_bf16_native():
+        print("ddkit: warning: --amp on: this CPU has no native bf16 kernels, so bf16 is emulated and runs ~10x "
+              "slower than fp32 (--amp off)", file=sys.stderr)
     return {"auto": True, "off": False}.get(mode, mode)
 
 
