@@ -90,6 +90,8 @@ def test_errors_are_one_line_before_any_output(dataset, models, tmp_path, monkey
     with pytest.raises(DDKitError, match=r"no Stable Diffusion model .*not a local folder, and not in the Hugging "
                                          r"Face cache .*hf download acme/missing-sd"):
         build_method("ddoq", {"decode": "sd", "sd_model": "acme/missing-sd"})
+    with pytest.raises(DDKitError, match="DiT model folder .*missing not found"):
+        build_method("ddoq", {"decode": "dit", "dit_model": str(tmp_path / "missing")})
     with pytest.raises(DDKitError, match="dtype=fp16 needs a CUDA device"):   # CUDA-only precision on CPU
         _run(dataset, _settings(models, "dit", dtype="fp16"))
     with pytest.raises(DDKitError, match="the DiT generates 16 px images only"):

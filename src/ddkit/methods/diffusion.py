@@ -47,6 +47,8 @@ def model_root(source: str, what: str) -> Path:
     path = Path(source).expanduser()
     if path.is_dir():
         return path
+    if path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1:  # not a repo id
+        raise DDKitError(f"{what} folder {path} not found")
     hf = import_extra("huggingface_hub", "diffusers")
     from huggingface_hub import constants
     try:
@@ -135,19 +137,18 @@ def class_ids(classes: list[str], class_map: str, id2label: dict | None, num_lab
     as ImageNet numbers them). Anything else is refused: a DiT cannot be conditioned on a class it never saw."""
     if class_map:
         found = _lookup(classes, read_class_map(class_map))
-        where = f"the class map {class_map}"
+        where = f"not found in the class map {class_map}"
     elif id2label:
         rows = [(None, [n.strip() for n in str(id2label[k]).split(",")]) for k in sorted(id2label, key=int)]
         found = _lookup(classes, rows)
-        where = "the model's label names"
+        where = "not among the model's label names"
     elif len(classes) == num_labels and all(WNID.match(c) for c in classes):
-        found = list(range(num_labels))
-        where = ""
+        found, where = list(range(num_labels)), ""
     else:
-        found, where = [None] * len(classes), "(no class map given)"
+        found, where = [None] * len(classes), "no class map given"
     for c, i in zip(classes, found):
         if i is None or i >= num_labels:
-            raise DDKitError(f"the DiT knows {num_labels} classes and class {c!r} is not one of them in {where}: "
+            raise DDKitError(f"the DiT knows {num_labels} classes and class {c!r} is not one of them ({where}): "
                              f"pass --set class_map=FILE listing the model's classes in its order (for ImageNet: "
                              f"LOC_synset_mapping.txt)")
     return found

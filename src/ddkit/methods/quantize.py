@@ -227,7 +227,7 @@ class DDOQ(Method):
         invert_guidance: float = 1.0  # dit_start=inverted: guidance while inverting (D3HR: 4)
         resolution: int = 0          # px the model works at; 0: its native one (SD v1.5: 512, DiT-XL/2: 256)
         class_map: str = ""          # class list file in the model's class order (ImageNet: LOC_synset_mapping.txt)
-        km_expand: int = 10          # MiniBatchKMeans chunk = km_expand x IPC latents (D4M's)
+        km_expand: int = 1           # MiniBatchKMeans chunk = km_expand x IPC latents (D4M's ImageNet script)
         batch: int = 16              # images per encode / generation batch
         dtype: str = "auto"          # auto: fp16 on CUDA, fp32 on CPU | fp32 | fp16 | bf16 (CUDA only)
         CHOICES = {"decode": ("encoder", "medoid", "sd", "dit"), "dit_start": ("noised", "inverted"),
@@ -295,7 +295,8 @@ class DDOQ(Method):
         dec.bind(ctx.train.classes)
         size = ctx.train.image_size
         xs, ys, ws, errs, rand_errs = [], [], [], [], []
-        bar = steps(0, len(classes), f"ddoq {cfg.decode}", unit="class", enabled=ctx.progress)
+        desc = f"ddoq {cfg.decode} (classes {classes[0]}-{classes[-1]} of {ctx.train.num_classes})"
+        bar = steps(0, len(classes), desc, unit="class", enabled=ctx.progress)
         for i in bar:
             c = classes[i]
             idx = need_images(ctx, c, ctx.ipc)
