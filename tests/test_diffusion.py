@@ -67,6 +67,7 @@ def test_sd_prompts_come_from_the_class_names_and_template(dataset, models, tmp_
     monkeypatch.setattr(type(dec.pipe), "__call__", lambda self, **kw: seen.append(kw) or real_call(self, **kw))
     _run(dataset, _settings(models, "sd", prompt="a photo of a {name}"), classes=[1])
     assert seen[0]["prompt"] == ["a photo of a dog"] * 3 and seen[0]["guidance_scale"] == 8.0
+    assert seen[0]["image"].shape == (3, 4, 8, 8)         # the centres go in as latents (16 px / 2)
     assert seen[0]["negative_prompt"] == ["cartoon, anime, painting"] * 3 and seen[0]["strength"] == 0.7
 
 
@@ -94,6 +95,8 @@ def test_errors_are_one_line_before_any_output(dataset, models, tmp_path, monkey
         build_method("ddoq", {"decode": "dit", "dit_model": str(tmp_path / "missing")})
     with pytest.raises(DDKitError, match="dtype=fp16 needs a CUDA device"):   # CUDA-only precision on CPU
         _run(dataset, _settings(models, "dit", dtype="fp16"))
+    with pytest.raises(DDKitError, match="runs no denoising step"):
+        build_method("ddoq", _settings(models, "dit", strength=0.2))
     with pytest.raises(DDKitError, match="the DiT generates 16 px images only"):
         build_method("ddoq", _settings(models, "dit", resolution=32))
     with pytest.raises(DDKitError, match="the DiT knows 5 classes and class 'cat'"):   # no class map

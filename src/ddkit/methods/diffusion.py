@@ -163,6 +163,9 @@ class LatentDiffusion:
         self.vae, self.cfg = vae, cfg
         self.scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.res = cfg.resolution or native
+        if not 0 < cfg.strength <= 1 or int(cfg.steps * cfg.strength) < 1:
+            raise DDKitError(f"strength={cfg.strength} with steps={cfg.steps} runs no denoising step: strength "
+                             f"must be in (0, 1] and steps x strength at least 1")
         if self.res % self.scale:
             raise DDKitError(f"resolution={self.res} is not a multiple of the VAE's downsampling {self.scale}")
         self.device, self.dtype = torch.device("cpu"), torch.float32
