@@ -1,4 +1,4 @@
-"""Stored CIFAR-10 sets relabelled by another teacher (issue 24): the same images, students taught by a teacher
+"""Stored CIFAR-10 sets relabelled by another teacher: the same images, students taught by a teacher
 other than the one the set was distilled against. Each set is copied from RUNS/<set> without its students
 (their metrics stay with the original) into OUT/runs/<set>_labels_<teacher>, and `ddkit evaluate` trains
 --arch students (ConvNet-3 by default) there from TEACHER's soft labels; OUT/<set>_labels_<teacher>_<protocol>

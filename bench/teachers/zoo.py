@@ -1,5 +1,5 @@
 """A small zoo of CIFAR-10 teachers (other architectures, shorter training), and what their soft labels (alone and
-averaged, `--teacher A B ...`) teach students, ConvNet-3 by default (issue 24: EDC relabels with several small
+averaged, `--teacher A B ...`) teach students, ConvNet-3 by default (EDC relabels with several small
 nets; three seeds of one ConvNet-3 added nothing, bench/teachers/results/cifar10_strong/teacher_seeds/). Teachers that exist
 under bench/ are reused; the others are trained by `ddkit teacher` and written to bench/teacher_NAME_cifar10.pt.
 
