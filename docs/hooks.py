@@ -20,7 +20,7 @@ def _flags(action: argparse.Action) -> str:
 
 
 def _cell(text: str | None) -> str:
-    return (text or "").replace("|", "\\|").replace("\n", " ")
+    return (text or "").replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
 
 
 def cli_reference() -> str:
@@ -36,7 +36,8 @@ def cli_reference() -> str:
         for a in p._actions:
             if isinstance(a, argparse._HelpAction) or a.help == argparse.SUPPRESS:
                 continue
-            default = "" if a.default in (None, False, argparse.SUPPRESS) or a.required else f"`{a.default}`"
+            default = "" if a.default is None or a.default is False or a.default == argparse.SUPPRESS or a.required \
+                else f"`{a.default}`"
             req = " (required)" if a.required else ""
             out.append(f"| {_flags(a)}{req} | {default} | {_cell(a.help)} |")
         out.append("")
