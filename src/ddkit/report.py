@@ -17,6 +17,13 @@ GRID_CELL = (64, 128)  # thumbnails are scaled into this range of sizes (px): sm
 LABEL_W = 150        # px of class name left of each row
 
 
+def table(rows: list[dict], cols: list[str]) -> str:
+    """A markdown table of `rows` (dicts) in the order of `cols`; missing cells stay empty."""
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def _font(size: int = 14):
     from PIL import ImageFont
     try:
