@@ -91,8 +91,9 @@ def _text(v: Any) -> str:
 def load_run(path: str | os.PathLike) -> Run:
     """Read a run folder (or any ImageFolder of distilled images) with its config and metrics.
 
-    >>> run = ddkit.load_run("runs/e2d10")                       # doctest: +SKIP
-    >>> run.images.shape, run.metrics["method"]                  # doctest: +SKIP
+    Examples:
+        >>> run = ddkit.load_run("runs/e2d10")
+        >>> run.images.shape, run.metrics["method"]
     """
     ds = read_run(path)
     p = Path(path)
@@ -111,8 +112,9 @@ def teacher(data: str | None = None, arch: str = "convnet3", epochs: int = 12, *
     and seed were trained before; or, with `import_spec` ("torchvision:resnet18", "timm:NAME",
     "module:function"), freeze a pretrained model into a ddkit checkpoint at `out` (`ddkit teacher --import`).
 
-    >>> t = ddkit.teacher(data="digits", epochs=3)               # doctest: +SKIP
-    >>> t.test_acc, t.path                                       # doctest: +SKIP
+    Examples:
+        >>> t = ddkit.teacher(data="digits", epochs=3)
+        >>> t.test_acc, t.path
     """
     from .cli import cmd_teacher
     _choices("teacher", recipe=recipe, stats=stats, data_backend=data_backend, on_bad_image=on_bad_image, amp=amp)
@@ -143,7 +145,8 @@ def distill(method: str, data: str, teacher=None, ipc: int = 10, *, out: str | o
     ensemble). With `out` the run folder is written there (PNGs, data.pt, config, metrics, report) and
     kept; without it, the set is returned and the folder removed.
 
-    >>> run = ddkit.distill(method="rded", data="digits", teacher=t, ipc=10)   # doctest: +SKIP
+    Examples:
+        >>> run = ddkit.distill(method="rded", data="digits", teacher=t, ipc=10)
     """
     from .distill import DistillConfig, distill as _distill
     from .report import write_report
@@ -186,7 +189,8 @@ def evaluate(run: Run | DistilledSet | str | os.PathLike | None = None, *, data:
     on the full real data of `data` instead. `protocol` is a preset (ddkit, rded, sre2l, ddranking, edc);
     `pset` overrides its fields ({"lr": 0.002}).
 
-    >>> ddkit.evaluate("runs/e2d10", protocol="edc", seeds=1)      # doctest: +SKIP
+    Examples:
+        >>> ddkit.evaluate("runs/e2d10", protocol="edc", seeds=1)
     """
     from .cli import _eval_config, _load_eval_inputs
     from .evaluate import evaluate_set
@@ -237,7 +241,8 @@ def select(data: str, criterion: str = "loss", keep: float = 0.5, *, out: str | 
     by `criterion` (loss, causal, random) and write the index file `out`, which distill/evaluate/teacher take
     as `subset`. Returns the summary (also written beside `out` as JSON).
 
-    >>> ddkit.select(data="digits", criterion="random", keep=0.5, out="keep50.pt")   # doctest: +SKIP
+    Examples:
+        >>> ddkit.select(data="digits", criterion="random", keep=0.5, out="keep50.pt")
     """
     from .select import SelectConfig, select as _select
     _choices("select", criterion=criterion, keep_end=keep_end, data_backend=data_backend, on_bad_image=on_bad_image)
