@@ -128,6 +128,8 @@ def teacher(data: str | None = None, arch: str = "convnet3", epochs: int = 12, *
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):   # the command's summary: one JSON line
         cmd_teacher(a)
+    if not printed.getvalue().strip():   # a torchrun rank other than 0: rank 0 reports
+        return None
     info = json.loads(printed.getvalue().strip().splitlines()[-1])
     from .teacher import load_checkpoint
     model, ck = load_checkpoint(info["teacher"])
