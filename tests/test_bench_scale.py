@@ -5,7 +5,7 @@ from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "scale"))
 import scale  # noqa: E402
 import scale_data  # noqa: E402
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
+from PIL import Image
 
-from ddkit.rundir import DistilledSet, read_run, safe_dirname, write_run
+from ddkit.rundir import DistilledSet, _to_uint8, read_run, safe_dirname, write_run
 from ddkit.utils import DDKitError
 
 
@@ -11,16 +12,45 @@ def _set(classes):
     return DistilledSet(torch.rand(2 * n, 3, 8, 8, generator=g), torch.arange(n).repeat_interleave(2), classes)
 
 
-def test_run_round_trips_at_full_precision_and_as_image_folder(tmp_path):
+def test_the_pngs_are_the_set_losslessly_and_data_pt_holds_no_second_copy(tmp_path):
     ds = _set(["a", "b"])
     ds.weights = torch.tensor([0.5, 1.5, 1.0, 1.0])
     run = write_run(tmp_path / "run", ds, {"k": 1}, {"m": 2})
+    blob = torch.load(run / "data.pt")
+    assert "images" not in blob and blob["store"] == "uint8" and blob["files"][1] == "images/a/0001.png"
     back = read_run(run)
-    assert torch.equal(back.images, ds.images) and back.weights.tolist() == [0.5, 1.5, 1.0, 1.0]
+    assert back.weights.tolist() == [0.5, 1.5, 1.0, 1.0] and back.labels.tolist() == [0, 0, 1, 1]
+    assert torch.equal(read_run(run, dtype=torch.uint8).images, torch.from_numpy(_to_uint8(ds.images)).permute(0, 3, 1, 2))
+    assert torch.equal(back.images, read_run(run, dtype=torch.uint8).images.float() / 255)
+    assert (back.images - ds.images).abs().max() <= 0.5 / 255 + 1e-6
     assert sorted(p.name for p in (run / "images" / "a").iterdir()) == ["0000.png", "0001.png"]
     (run / "data.pt").unlink()   # a plain ImageFolder (e.g. made by another tool) reads too, 8-bit
     plain = read_run(run)
-    assert plain.classes == ["a", "b"] and (plain.images - ds.images).abs().max() <= 0.5 / 255 + 1e-6
+    assert plain.classes == ["a", "b"] and torch.equal(plain.images, back.images)
+
+
+def test_float32_store_keeps_the_images_unquantised_and_old_runs_still_load(tmp_path):
+    ds = _set(["a", "b"])
+    run = write_run(tmp_path / "run", ds, {}, {}, store="float32")
+    assert torch.equal(read_run(run).images, ds.images)
+    with pytest.raises(DDKitError, match="unknown store"):
+        write_run(tmp_path / "bad", ds, {}, {}, store="fp8")
+    blob = torch.load(run / "data.pt")   # a run written by ddkit before v2: float images, no file list
+    torch.save({"format": "ddkit-run-v1", "images": ds.images, "labels": ds.labels, "classes": ds.classes},
+               run / "data.pt")
+    assert torch.equal(read_run(run).images, ds.images) and blob["format"] == "ddkit-run-v2"
+
+
+def test_a_changed_or_missing_png_is_a_clear_error(tmp_path):
+    run = write_run(tmp_path / "run", _set(["a"]), {}, {})
+    Image.new("RGB", (4, 4)).save(run / "images" / "a" / "0000.png")
+    with pytest.raises(DDKitError, match="run folder was changed"):
+        read_run(run)
+    Image.new("RGB", (8, 8)).save(run / "images" / "a" / "0000.png")
+    assert read_run(run).images[0].max() == 0       # a same-sized edit is what the set now holds
+    (run / "images" / "a" / "0001.png").unlink()
+    with pytest.raises(DDKitError, match="cannot read"):
+        read_run(run)
 
 
 def test_hostile_class_names_stay_inside_the_run(tmp_path):
@@ -69,7 +99,6 @@ def test_ddranking_export_has_images_and_soft_labels(tmp_path, teacher_path):
 
 
 def test_uint8_conversion_in_chunks_matches_the_whole_tensor():
-    from ddkit.rundir import _to_uint8
     x = torch.rand(7, 3, 5, 5) * 1.2 - 0.1   # out of range too: clamped
     whole = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert (_to_uint8(x, chunk=3) == whole).all()

@@ -83,7 +83,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", choices=["soft", "hard"], default="soft")
     p.add_argument("--epochs", type=int, help="student epochs (default: the protocol's: 1000 for edc, else 300)")
     p.add_argument("--protocol", default="ddkit", help="student-training protocol: ddkit, rded, sre2l, "
-                   "ddranking, edc (see README, Protocols)")
+                   "ddranking, edc (see docs/protocols/index.md)")
     p.add_argument("--pset", action="append", metavar="KEY=VALUE", help="protocol field, repeatable "
                    "(e.g. lr=0.002, cutmix=0)")
     p.add_argument("--batch-size", type=int, help="student batch (default: the protocol's)")
@@ -279,7 +279,7 @@ def cmd_distill(a) -> None:
                         subset=absolute(a.subset), seed=a.seed,
                         classes_per_group=a.classes_per_group, settings=_settings(a.set),
                         on_bad_image=a.on_bad_image, data_backend=a.data_backend, image_size=a.image_size,
-                        amp=a.amp, compile=a.compile)
+                        amp=a.amp, compile=a.compile, store=a.store)
     out = distill(cfg, a.out, a.device, overwrite=a.overwrite, progress=not a.quiet)
     if out is not None:  # None on torchrun ranks other than 0: rank 0 writes the run
         write_report(out)
@@ -374,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", help="index file from `ddkit select`: distil from the kept samples only")
     p.add_argument("--classes-per-group", type=int, default=0, help="classes optimised together (0 = all)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--store", choices=["uint8", "float32"], default="uint8", help="uint8: the run's PNGs are "
+                   "the set (lossless 8-bit); float32: data.pt also keeps the unquantised images (4x the PNGs' "
+                   "raw size)")
     p.add_argument("--evaluate", action="store_true", help="evaluate the run afterwards")
     p.add_argument("--json", help="write evaluation results to this file")
     _eval_args(p)

@@ -24,7 +24,7 @@ from .accel import amp_setting, mixed_precision
 from .data import Images, load_subset_file
 from .methods import Context, build_method
 from .models import embed
-from .rundir import DistilledSet, write_run
+from .rundir import STORES, DistilledSet, write_run
 from .stream import open_data
 from .teacher import load_teachers
 from .utils import (DDKitError, check_output, listed, load_torch, resolve_device, save_torch, stable_hash,
@@ -48,6 +48,7 @@ class DistillConfig:
     image_size: int | None = None        # working resolution (default: the images' own, or 224 for photos)
     amp: str = "auto"                    # mixed precision: auto (on CUDA) | on | off (ddkit.accel)
     compile: bool = False                # torch.compile the teacher's forward in the engine
+    store: str = "uint8"                 # uint8: the PNGs are the set; float32: data.pt keeps it unquantised
 
 
 def group_seed(seed: int, first_class: int) -> int:
@@ -96,6 +97,8 @@ def prepare(cfg: DistillConfig, method, device) -> tuple[Images, torch.nn.Module
                  "weights": ck.get("imported_from"), "stats_from": ck.get("stats_from")}
     if cfg.ipc < 1:
         raise DDKitError(f"--ipc must be at least 1, got {cfg.ipc}")
+    if cfg.store not in STORES:
+        raise DDKitError(f"unknown --store {cfg.store!r}; choose one of {', '.join(STORES)}")
     return train, teacher, tinfo
 
 
@@ -176,6 +179,6 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
     config = {"distill": dataclasses.asdict(cfg), "method_config": dataclasses.asdict(method.cfg),
               "data": {"name": train.name, "mean": list(train.mean), "std": list(train.std),
                        "num_train": len(train), "image_size": train.image_size}}
-    write_run(out, ds, config, metrics, overwrite=overwrite)
+    write_run(out, ds, config, metrics, overwrite=overwrite, store=cfg.store)
     shutil.rmtree(work, ignore_errors=True)
     return out

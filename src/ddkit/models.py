@@ -202,7 +202,7 @@ def airnet_avg(num_classes, image_size=32, in_channels=3):
 
 @register("airnet_wide")
 def airnet_wide(num_classes, image_size=32, in_channels=3):
-    """About 4x airnet's compute per image (issue 24: a >= 93 % CIFAR-10 teacher on CPU)."""
+    """About 4x airnet's compute per image (airbench96's widths, a third residual conv per group)."""
     return AirNet(num_classes, image_size, in_channels, widths=(128, 384, 512), residual=True)
 
 

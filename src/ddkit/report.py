@@ -1,4 +1,4 @@
-"""Per-run report: image grid (one row per class), loss-curve plot and report.md, from the run files."""
+"""Per-run report: a named image grid of a sample of classes, loss-curve plot and report.md, from the run files."""
 from __future__ import annotations
 
 import contextlib
@@ -6,14 +6,15 @@ import json
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
 
 from .evaluate import mean_std, summarize_entry
 from .rundir import read_json, read_run
 from .utils import atomic_path
 
-MAX_PER_ROW = 20
-MAX_ROWS = 100  # classes shown in the grid: evenly spaced over the classes of a larger set (ImageNet: 1 in 10)
+GRID_CLASSES = 10    # rows: classes evenly spaced over the set (ImageNet: 1 in 100); images/ holds all
+GRID_PER_CLASS = 10  # columns: a class's first images
+GRID_CELL = (64, 128)  # thumbnails are scaled into this range of sizes (px): small images up, photos down
+LABEL_W = 150        # px of class name left of each row
 
 
 def table(rows: list[dict], cols: list[str]) -> str:
@@ -23,21 +24,53 @@ def table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _font(size: int = 14):
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):   # Pillow < 10.1, or built without FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def grid_rows(num_classes: int) -> list[int]:
+    """The classes shown: at most GRID_CLASSES, evenly spaced."""
+    k = min(num_classes, GRID_CLASSES)
+    return sorted({c * num_classes // k for c in range(k)})
+
+
 def image_grid(run: Path, out: Path) -> None:
-    """One row per class (at most MAX_ROWS classes, evenly spaced), up to MAX_PER_ROW images each."""
-    ds = read_run(run, mmap=True)  # only the rows shown are read
-    n = len(ds.classes)
-    shown = sorted({c * n // min(n, MAX_ROWS) for c in range(min(n, MAX_ROWS))})
-    width = min(MAX_PER_ROW, max(int((ds.labels == c).sum()) for c in shown))
-    rows = []
-    for c in shown:  # padded to the widest row only: 1,000 classes x 20 x 224 px of padding would be 12 GB
-        imgs = ds.images[ds.labels == c][:width]
-        rows.append(torch.cat([imgs, torch.ones(width - len(imgs), *ds.images.shape[1:])]))
-    grid = torch.cat(rows)
-    if grid.shape[-1] < 32:  # tiny images (8x8 digits) are unreadable at 1:1
-        grid = torch.nn.functional.interpolate(grid, scale_factor=32 // grid.shape[-1], mode="nearest")
+    """A grid a person can look at: GRID_CLASSES classes (evenly spaced) × GRID_PER_CLASS images, each class
+    named, thumbnails of 64–128 px. Only the images shown are read."""
+    from PIL import Image, ImageDraw
+    from .rundir import load_run_blob, read_pixels
+    run = Path(run)
+    if (run / "data.pt").is_file():
+        blob = load_run_blob(run, mmap=True)
+        labels, classes = blob["labels"], blob["classes"]
+        pixels = lambda idx: read_pixels(run, blob, idx)   # noqa: E731
+    else:   # a plain ImageFolder of distilled images
+        ds = read_run(run, dtype=torch.uint8)
+        labels, classes = ds.labels, ds.classes
+        pixels = lambda idx: ds.images[idx]                 # noqa: E731
+    shown = grid_rows(len(classes))
+    rows = {c: (labels == c).nonzero().flatten()[:GRID_PER_CLASS].tolist() for c in shown}
+    width = max(1, max(len(r) for r in rows.values()))
+    x = pixels([i for c in shown for i in rows[c]]) if any(rows.values()) else torch.zeros(0, 3, 8, 8)
+    h = x.shape[-1] if len(x) else 8
+    cell = max(GRID_CELL[0] // h * h, h) if h < GRID_CELL[0] else min(h, GRID_CELL[1])
+    font = _font()
+    grid = Image.new("RGB", (LABEL_W + width * (cell + 2), len(shown) * (cell + 2)), "white")
+    draw, k = ImageDraw.Draw(grid), 0
+    for r, c in enumerate(shown):
+        name = classes[c] if len(classes[c]) <= 18 else classes[c][:17] + "…"
+        draw.text((4, r * (cell + 2) + cell // 2 - 8), f"{c}: {name}", fill="black", font=font)
+        for j in range(len(rows[c])):
+            im = Image.fromarray(x[k].permute(1, 2, 0).squeeze(-1).numpy())
+            im = im.resize((cell, cell), Image.NEAREST if cell > h else Image.LANCZOS) if cell != h else im
+            grid.paste(im.convert("RGB"), (LABEL_W + j * (cell + 2) + 1, r * (cell + 2) + 1))
+            k += 1
     with atomic_path(out) as tmp:
-        save_image(grid, tmp, nrow=width, padding=1, pad_value=1.0, format="png")
+        grid.save(tmp, format="PNG")
 
 
 @contextlib.contextmanager
@@ -92,7 +125,7 @@ def write_report(run: str | Path) -> Path:
              "", "## Evaluation", ""]
     lines += _eval_table(metrics["evaluation"]) if metrics.get("evaluation") else ["Not evaluated yet: "
                                                                                    "`ddkit evaluate RUN`."]
-    lines += ["", "## Images (one row per class)", "", "![grid](grid.png)", ""]
+    lines += ["", "## Images (a sample of classes; every image is in images/)", "", "![grid](grid.png)", ""]
     if has_curve:
         lines += ["## Synthesis loss curves", "", "![curves](curves.png)", ""]
     lines += ["## Metrics", "", "```json", json.dumps(brief, indent=2), "```", "",

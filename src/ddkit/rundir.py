@@ -1,9 +1,14 @@
 """The run directory: the one output format of every method.
 
-    RUN/images/<class>/<n>.png   lossless 8-bit ImageFolder any tool can read
-    RUN/data.pt                  full-precision images in [0, 1], labels, classes (+ per-image weights)
+    RUN/images/<class>/<n>.png   the set's pixels, 8-bit, lossless: an ImageFolder any tool can read
+    RUN/data.pt                  labels, classes, per-image weights (DDOQ), the PNGs' order; with
+                                 store="float32" also the unquantised images in [0, 1]
     RUN/config.json              everything needed to reproduce the run
     RUN/metrics.json             synthesis (and, after `evaluate`, evaluation) metrics
+
+Every method outputs pixels, and 8 bits per channel is what the PNGs (and the peers' released sets) keep, so
+by default the PNGs are the set and data.pt holds no second copy of it (ImageNet-1K at IPC 10: 10,000 PNGs,
+not 6 GB of float32). Runs written before (format v1: float images in data.pt) still load.
 
 A run is built in a hidden sibling folder and renamed into place when complete, so RUN either does not
 exist or is whole. `evaluate` also reads a plain ImageFolder of distilled images made elsewhere.
@@ -14,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -24,12 +30,14 @@ from PIL import Image
 
 from .utils import DDKitError, load_torch, save_json, save_torch
 
-RUN_FORMAT = "ddkit-run-v1"
+RUN_FORMAT = "ddkit-run-v2"
+OLD_FORMATS = ("ddkit-run-v1",)   # float32 images inside data.pt
+STORES = ("uint8", "float32")
 
 
 @dataclass
 class DistilledSet:
-    images: torch.Tensor                 # float [N, 3, H, W] in [0, 1]
+    images: torch.Tensor                 # float [N, 3, H, W] in [0, 1] (uint8 where read_run was asked for it)
     labels: torch.Tensor                 # int64 [N]
     classes: list[str]
     weights: torch.Tensor | None = None
@@ -45,6 +53,8 @@ def safe_dirname(name: str) -> str:
 
 def _to_uint8(images: torch.Tensor, chunk: int = 256) -> np.ndarray:
     """NHWC uint8 pixels; converted a chunk at a time, so no float temporary of the whole set is made."""
+    if images.dtype == torch.uint8:
+        return images.permute(0, 2, 3, 1).contiguous().numpy()
     out = torch.empty((len(images), *images.shape[2:], images.shape[1]), dtype=torch.uint8)
     for i in range(0, len(images), chunk):
         out[i:i + chunk] = (images[i:i + chunk].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
@@ -52,8 +62,11 @@ def _to_uint8(images: torch.Tensor, chunk: int = 256) -> np.ndarray:
 
 
 def write_run(out: str | os.PathLike, ds: DistilledSet, config: dict, metrics: dict,
-              overwrite: bool = False) -> Path:
-    """Write a complete run directory atomically (temp folder + rename)."""
+              overwrite: bool = False, store: str = "uint8") -> Path:
+    """Write a complete run directory atomically (temp folder + rename). store: uint8 (the PNGs are the set)
+    or float32 (data.pt also keeps the images unquantised, 4 bytes per value)."""
+    if store not in STORES:
+        raise DDKitError(f"unknown store {store!r}; choose one of {', '.join(STORES)}")
     out = Path(out)
     if out.exists():
         if not overwrite:
@@ -63,16 +76,19 @@ def write_run(out: str | os.PathLike, ds: DistilledSet, config: dict, metrics: d
     try:
         root = tmp.resolve()
         pix = _to_uint8(ds.images)
-        counters = [0] * len(ds.classes)
+        counters, files = [0] * len(ds.classes), []
         for arr, c in zip(pix, ds.labels.tolist()):
             folder = (root / "images" / safe_dirname(ds.classes[c])).resolve()
             if folder.parent != root / "images":
                 raise DDKitError(f"class name {ds.classes[c]!r} would write outside the run folder")
             folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(arr).save(folder / f"{counters[c]:04d}.png")
+            Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr).save(folder / f"{counters[c]:04d}.png")
+            files.append(f"images/{folder.name}/{counters[c]:04d}.png")
             counters[c] += 1
-        blob = {"format": RUN_FORMAT, "images": ds.images.float().cpu(), "labels": ds.labels.long().cpu(),
-                "classes": list(ds.classes)}
+        blob = {"format": RUN_FORMAT, "store": store, "files": files, "shape": list(ds.images.shape[1:]),
+                "labels": ds.labels.long().cpu(), "classes": list(ds.classes)}
+        if store == "float32":
+            blob["images"] = ds.images.float().cpu()
         if ds.weights is not None:
             blob["weights"] = ds.weights.float().cpu()
         save_torch(blob, root / "data.pt")
@@ -87,21 +103,61 @@ def write_run(out: str | os.PathLike, ds: DistilledSet, config: dict, metrics: d
     return out
 
 
-def read_run(path: str | os.PathLike, mmap: bool = False) -> DistilledSet:
-    """Read a ddkit run (data.pt) or any plain ImageFolder (root/<class>/<image>, or root/images/...).
-    mmap: a run's tensors stay in data.pt, read when touched (for a look at a few images of a large set)."""
+def _read_png(path: Path, shape: list[int]) -> torch.Tensor:
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except (OSError, ValueError) as e:
+        raise DDKitError(f"cannot read {path}: {e}") from None
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    if arr.shape != (shape[1], shape[2], shape[0]):
+        raise DDKitError(f"{path} is {arr.shape[1]}x{arr.shape[0]}x{arr.shape[2]}, the run's images are "
+                         f"{shape[2]}x{shape[1]}x{shape[0]}: the run folder was changed")
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def read_pixels(run: Path, blob: dict, index: list[int] | None = None) -> torch.Tensor:
+    """uint8 [k, C, H, W] of the images at `index` (default all) of a run's data.pt `blob`: decoded from its
+    PNGs (in threads: PIL releases the GIL), or quantised from float images stored in data.pt."""
+    index = range(len(blob["labels"])) if index is None else index
+    if "images" in blob:   # v1, or store=float32: the same rounding as the PNGs
+        return torch.from_numpy(_to_uint8(blob["images"][list(index)])).permute(0, 3, 1, 2)
+    out = torch.empty((len(index), *blob["shape"]), dtype=torch.uint8)
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        for k, x in enumerate(pool.map(lambda i: _read_png(run / blob["files"][i], blob["shape"]), index)):
+            out[k] = x
+    return out
+
+
+def load_run_blob(path: Path, mmap: bool = False) -> dict:
+    blob = load_torch(path / "data.pt", "run data", mmap=mmap)
+    if not isinstance(blob, dict) or blob.get("format") not in (RUN_FORMAT, *OLD_FORMATS):
+        raise DDKitError(f"{path / 'data.pt'} is not a ddkit run file")
+    if "images" not in blob and len(blob["files"]) != len(blob["labels"]):
+        raise DDKitError(f"{path / 'data.pt'} lists {len(blob['files'])} images for {len(blob['labels'])} labels")
+    return blob
+
+
+def read_run(path: str | os.PathLike, mmap: bool = False, dtype: torch.dtype = torch.float32) -> DistilledSet:
+    """Read a ddkit run (data.pt, with its PNGs) or any plain ImageFolder (root/<class>/<image>, or
+    root/images/...). Images come as float in [0, 1] (a run stored as float32: exactly as stored), or as
+    uint8 with dtype=torch.uint8. mmap: float images stored in data.pt stay there until touched."""
     path = Path(path)
     if not path.exists():
         raise DDKitError(f"run folder not found: {path}")
     if (path / "data.pt").is_file():
-        blob = load_torch(path / "data.pt", "run data", mmap=mmap)
-        if not isinstance(blob, dict) or blob.get("format") != RUN_FORMAT:
-            raise DDKitError(f"{path / 'data.pt'} is not a ddkit run file")
-        return DistilledSet(blob["images"], blob["labels"], blob["classes"], blob.get("weights"))
+        blob = load_run_blob(path, mmap)
+        if "images" in blob and dtype != torch.uint8:
+            images = blob["images"]
+        else:
+            images = read_pixels(path, blob)
+            images = images if dtype == torch.uint8 else images.to(dtype) / 255
+        return DistilledSet(images, blob["labels"], blob["classes"], blob.get("weights"))
     from .data import load_image_folder
     folder = path / "images" if (path / "images").is_dir() else path
     data = load_image_folder(folder, cache=False, stats=((0.0,), (1.0,)))
-    return DistilledSet(data.images.float() / 255, data.labels, data.classes)
+    return DistilledSet(data.images if dtype == torch.uint8 else data.images.to(dtype) / 255, data.labels,
+                        data.classes)
 
 
 def read_json(path: Path) -> dict:
