@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import torch
@@ -10,7 +9,7 @@ from torchvision.utils import save_image
 
 from .evaluate import mean_std, summarize_entry
 from .rundir import read_json, read_run
-from .utils import atomic_path
+from .utils import DDKitError, atomic_path, to_json
 
 MAX_PER_ROW = 20
 MAX_ROWS = 100  # classes shown in the grid: evenly spaced over the classes of a larger set (ImageNet: 1 in 10)
@@ -81,6 +80,9 @@ def _eval_table(evaluation: dict) -> list[str]:
 
 def write_report(run: str | Path) -> Path:
     run = Path(run)
+    if not (run / "metrics.json").is_file():
+        raise DDKitError(f"run folder not found: {run}" if not run.exists() else
+                         f"{run} is not a run folder (no metrics.json): `ddkit distill` makes one")
     metrics, config = read_json(run / "metrics.json"), read_json(run / "config.json")
     image_grid(run, run / "grid.png")
     has_curve = loss_plot(metrics.get("groups", []), run / "curves.png")
@@ -95,8 +97,8 @@ def write_report(run: str | Path) -> Path:
     lines += ["", "## Images (one row per class)", "", "![grid](grid.png)", ""]
     if has_curve:
         lines += ["## Synthesis loss curves", "", "![curves](curves.png)", ""]
-    lines += ["## Metrics", "", "```json", json.dumps(brief, indent=2), "```", "",
-              "## Config", "", "```json", json.dumps(config, indent=2), "```", ""]
+    lines += ["## Metrics", "", "```json", to_json(brief, indent=2), "```", "",
+              "## Config", "", "```json", to_json(config, indent=2), "```", ""]
     with atomic_path(run / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
     return run / "report.md"

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..models import embed, import_extra
 from ..train import TrainConfig, fit
-from ..utils import DDKitError, cache_dir, load_torch, save_torch, stable_hash
+from ..utils import AT_LEAST_1, NON_NEGATIVE, DDKitError, cache_dir, load_torch, save_torch, stable_hash
 from . import Context, Method, Output, need_images, register
 
 
@@ -195,6 +195,8 @@ class DDOQ(Method):
         weighted: bool = True        # False: D4M-style unweighted prototypes (all weights 1)
         decode: str = "encoder"      # encoder: its own decoder | medoid: nearest real image to each centre
         CHOICES = {"decode": ("encoder", "medoid")}
+        RANGES = {"restarts": AT_LEAST_1, "max_samples": NON_NEGATIVE, "ae_epochs": AT_LEAST_1,
+                  "ae_latent_ch": AT_LEAST_1}
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
