@@ -51,9 +51,10 @@ def check_arch(arch: str) -> None:
 
 def train_bytes(arch: str, num_classes: int, image_size: int) -> tuple[int, int]:
     """(bytes per image of a training step, bytes of the weights, their gradients and momentum) of `arch`
-    at `image_size`: every layer's output, kept for the backward pass, and a gradient of its size (measured on
-    CPU: 190, 39 and 4.1 MB per image for convnet3 at 224 px, resnet18 at 224 px and convnet3 at 32 px; this
-    gives 219, 60 and 4.5). Shapes only (the meta device): nothing is computed or allocated."""
+    at `image_size`: every layer's output, kept for the backward pass, and a gradient of its size, an upper
+    bound (bench/train_memory.py, CPU: 203, 35 and 3.8 MB per image measured for convnet3 at 224 px, resnet18
+    at 224 px and convnet3 at 32 px; 219, 60 and 4.5 estimated). Shapes only (the meta device): nothing is
+    computed or allocated."""
     with torch.device("meta"):
         model = build_model(arch, num_classes, image_size).eval()
     outs = []
