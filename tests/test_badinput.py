@@ -37,7 +37,8 @@ ROWS = [  # (id, argv, message fragment)
                                          "--out", "{w}/x", "--evaluate"], "needs --teacher"),
     ("7 evaluate on other test classes", ["evaluate", "{run}", "--data", "{other}", "--quiet"],
      "the test split (3 classes) lacks 'frog', a class of the distilled set"),
-    ("8 teacher epochs 0", ["teacher", "--data", "{data}", "--epochs", "0"], "--epochs: expected an integer at least 1"),
+    ("8 teacher epochs 0", ["teacher", "--data", "{data}", "--epochs", "0"],
+     "--epochs: expected an integer at least 1"),
     ("8 teacher epochs -1", ["teacher", "--data", "{data}", "--epochs", "-1"], "at least 1, got '-1'"),
     ("9 iterations 0", DI + ["--out", "{w}/x", "--set", "iterations=0"],
      "bad value '0' for setting 'iterations' of method e2d: expected at least 1"),
@@ -50,7 +51,8 @@ ROWS = [  # (id, argv, message fragment)
     ("12 pset temperature 0", EVAL + ["--pset", "temperature=0"], "'temperature' of protocol ddkit: expected above 0"),
     ("12 pset batch -1", EVAL + ["--pset", "batch_size=-1"], "'batch_size' of protocol ddkit: expected at least 0"),
     ("12 pset rrc_scale 2,1", EVAL + ["--protocol", "rded", "--pset", "rrc_scale=2,1"], "'rrc_scale' of protocol rded"),
-    ("12 flag temperature 0", EVAL + ["--temperature", "0"], "argument --temperature: expected a finite number above 0"),
+    ("12 flag temperature 0", EVAL + ["--temperature", "0"],
+     "argument --temperature: expected a finite number above 0"),
     ("14 evaluate missing run", ["evaluate", "{w}/nowhere"], "run folder not found"),
     ("14 report not a run", ["report", "{data}"], "is not a run folder"),
     ("14 report missing run", ["report", "{w}/notarun"], "run folder not found"),
@@ -254,3 +256,16 @@ def test_the_loss_proxy_is_chosen_for_the_resolution_and_the_memory(monkeypatch)
     monkeypatch.setattr(sel, "memory_available", lambda: 2 * (fixed + 4 * per_image))
     with pytest.raises(sel.DDKitError, match="a batch of 8 needs"):
         sel.proxy_plan(cfg, 1000, 224, "cpu")
+
+
+def test_os_and_allocation_errors_become_one_line_and_bugs_keep_their_traceback():
+    from ddkit.utils import DDKitError, error_line
+    assert error_line(DDKitError("x")) == "x"
+    assert error_line(PermissionError(13, "Permission denied", "/r/m.json")) == "Permission denied: /r/m.json"
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 240000000000 bytes. Error code 12 (Cannot allocate memory)")
+    assert error_line(cpu).startswith("out of memory (an allocation of 240.0 GB)")
+    cuda = RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.15 GiB total capacity)")
+    assert "an allocation of 20.00 GiB" in error_line(cuda)
+    assert error_line(MemoryError()).startswith("out of memory:")
+    assert error_line(RuntimeError("shape '[1, 2]' is invalid")) is None and error_line(IndexError()) is None

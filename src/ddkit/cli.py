@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -45,8 +44,8 @@ def _data_args(p: argparse.ArgumentParser, size_help: str = "") -> None:
                    "and decode lazily with DataLoader workers (ImageNet scale, photos of any size, WebDataset "
                    "shards). auto: stream for WebDataset shards, for photos of mixed or non-square size (64 "
                    "sampled headers), or when N x 3 x S x S bytes exceed DDKIT_STREAM_GB (default 8) GB")
-    p.add_argument("--image-size", type=ranged(int, IMAGE_SIZE), help="working resolution S of the real and distilled images "
-                   "(default: the images' own size, or 224 for photos of mixed size)" + size_help)
+    p.add_argument("--image-size", type=ranged(int, IMAGE_SIZE), help="working resolution S of the real and "
+                   "distilled images (default: the images' own size, or 224 for photos of mixed size)" + size_help)
 
 
 def _accel_args(p: argparse.ArgumentParser) -> None:
@@ -72,7 +71,7 @@ def ranged(kind: type, valid: Range | None = None):
     return parse
 
 
-finite_float, positive_float, fraction = ranged(float), ranged(float, POSITIVE), ranged(float, FRACTION)
+positive_float, fraction = ranged(float, POSITIVE), ranged(float, FRACTION)
 positive_int, count = ranged(int, AT_LEAST_1), ranged(int, NON_NEGATIVE)
 
 
@@ -81,14 +80,16 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-data", help="test ImageFolder for the students if not <data>/test (or val/)")
     p.add_argument("--seeds", type=positive_int, default=3)
     p.add_argument("--labels", choices=["soft", "hard"], default="soft")
-    p.add_argument("--epochs", type=positive_int, help="student epochs (default: the protocol's: 1000 for edc, else 300)")
+    p.add_argument("--epochs", type=positive_int, help="student epochs (default: the protocol's: 1000 for edc, "
+                   "else 300)")
     p.add_argument("--protocol", default="ddkit", help="student-training protocol: ddkit, rded, sre2l, "
                    "ddranking, edc (see README, Protocols)")
     p.add_argument("--pset", action="append", metavar="KEY=VALUE", help="protocol field, repeatable "
                    "(e.g. lr=0.002, cutmix=0)")
     p.add_argument("--batch-size", type=ranged(int, Protocol.RANGES["batch_size"]),
                    help="student batch (default: the protocol's)")
-    p.add_argument("--temperature", type=ranged(float, Protocol.RANGES["temperature"]), help="soft-label temperature (default: the protocol's)")
+    p.add_argument("--temperature", type=ranged(float, Protocol.RANGES["temperature"]),
+                   help="soft-label temperature (default: the protocol's)")
     p.add_argument("--no-weights", action="store_true", help="ignore per-image weights (e.g. DDOQ masses)")
 
 
@@ -154,8 +155,8 @@ def cmd_teacher(a) -> None:
                           progress=not a.quiet)
     if dist.is_main():
         print(to_json({"teacher": ck["path"], "arch": ck["arch"], "test_acc": ck.get("test_acc"),
-                          "test_acc_flip_tta": ck.get("test_acc_flip_tta"), "train_time_s": ck.get("train_time_s"),
-                          "cached": ck["cached"], "precision": ck.get("precision")}))
+                       "test_acc_flip_tta": ck.get("test_acc_flip_tta"), "train_time_s": ck.get("train_time_s"),
+                       "cached": ck["cached"], "precision": ck.get("precision")}))
 
 
 def cmd_import(a) -> None:
@@ -175,8 +176,8 @@ def cmd_import(a) -> None:
                            (train.mean, train.std) if a.stats == "data" else None)
     save_torch(ck, a.out)
     print(to_json({"teacher": a.out, "arch": ck["arch"], "classes": ck["num_classes"],
-                      "image_size": ck["image_size"], "mean": ck["mean"], "std": ck["std"],
-                      "stats_from": ck["stats_from"], "weights": ck["imported_from"]}))
+                   "image_size": ck["image_size"], "mean": ck["mean"], "std": ck["std"],
+                   "stats_from": ck["stats_from"], "weights": ck["imported_from"]}))
 
 
 def _check_test_classes(test_classes: list[str] | None, classes: list[str] | None, what: str) -> None:
@@ -327,7 +328,7 @@ def cmd_distill(a) -> None:
         from .rundir import read_json
         m = read_json(out / "metrics.json")
         print(to_json({"run": str(out), "images": m["num_images"], "synthesis_wall_s": m["synthesis_wall_s"],
-                          "diversity_cos": m.get("diversity_cos")}))
+                       "diversity_cos": m.get("diversity_cos")}))
     if a.evaluate:
         dist.barrier()  # every rank trains the students; the run must exist first
         a.run, a.full, a.data, a.subset, a.teacher = str(a.out), False, None, None, None  # the run's own
