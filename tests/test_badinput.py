@@ -27,6 +27,8 @@ ROWS = [  # (id, argv, message fragment)
     ("3 negative classes per group", DI + ["--classes-per-group", "-1", "--out", "{w}/x"],
      "argument --classes-per-group: expected an integer at least 0"),
     ("4 empty --out", DI + ["--out", ""], "the output path is empty"),
+    ("4 empty teacher --out", ["teacher", "--data", "{data}", "--epochs", "1", "--out", ""], "the output path is empty"),
+    ("4 empty --json", EVAL + ["--json", ""], "the output path is empty"),
     ("6 evaluate epochs 0", DI + ["--out", "{w}/x", "--evaluate", "--epochs", "0"], "--epochs: expected an integer"),
     ("6 evaluate bogus protocol", DI + ["--out", "{w}/x", "--evaluate", "--protocol", "bogus"], "unknown protocol"),
     ("6 evaluate unknown arch", DI + ["--out", "{w}/x", "--evaluate", "--arch", "nosuchnet"],

@@ -141,6 +141,8 @@ def cmd_teacher(a) -> None:
         raise DDKitError("ddkit teacher needs --data to train on (or --import SPEC to freeze a pretrained model)")
     if a.teacher_weights or a.stats:
         raise DDKitError("--teacher-weights and --stats go with --import")
+    if a.out is not None:
+        check_output(a.out)  # before the data is read (an empty --out too)
     train, test = open_splits(a.data, a.test_data, a.image_size, a.data_backend, a.on_bad_image)
     if a.subset:
         train = load_subset_file(a.subset, train)
@@ -164,7 +166,7 @@ def cmd_import(a) -> None:
     from .stream import open_data
     from .teacher import import_teacher
     from .utils import save_torch
-    if not a.out:
+    if a.out is None:
         raise DDKitError("--import needs --out FILE (the ddkit checkpoint to write)")
     check_output(a.out)
     # the data names the classes (and gives --stats data); --image-size is the resolution the import is used at
@@ -254,7 +256,7 @@ def cmd_evaluate(a) -> None:
         if not a.teacher:  # the run's teacher, with its weights
             a.teacher, a.teacher_weights = (listed(run_cfg.get(k)) or None for k in ("teacher", "teacher_weights"))
         ds = read_run(run)
-    if a.json:
+    if a.json is not None:
         check_output(a.json)
     test, teacher, teacher_ids = _load_eval_inputs(cfg_data, a.teacher, a.teacher_weights, dev, a.test_data,
                                                    a.on_bad_image, size, a.data_backend, ds and ds.classes)
@@ -299,7 +301,7 @@ def _check_evaluation(a) -> None:
     from .stream import split_classes
     from .utils import resolve_device
     _eval_config(a, (), resolve_device(a.device))
-    if a.json:
+    if a.json is not None:
         check_output(a.json)
     if a.labels == "soft" and not a.teacher:
         raise DDKitError("--evaluate with soft labels needs --teacher (or --labels hard)")

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -29,13 +30,11 @@ def error_line(e: BaseException) -> str | None:
     size could not be checked before the work)."""
     if isinstance(e, DDKitError):
         return str(e)
-    if isinstance(e, OSError):
-        name = f": {e.filename}" if e.filename else ""
-        return f"{e.strerror or e}{name}" if e.strerror else str(e)
+    if isinstance(e, OSError):  # "No space left on device: PATH", without the errno
+        return f"{e.strerror}{f': {e.filename}' if e.filename else ''}" if e.strerror else str(e)
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     if isinstance(e, MemoryError) or isinstance(e, torch.OutOfMemoryError) or (
             isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)):
-        import re
         size = re.search(r"allocate (\d+) bytes", text) or re.search(r"allocate ([\d.]+ [GMK]iB)", text)
         need = size.group(1) if size else ""
         need = f"{int(need) / 1e9:.1f} GB" if need.isdigit() else need
@@ -79,7 +78,9 @@ class Range:
 
     def __str__(self) -> str:
         if self.hi is None:
-            what = (f"above {self.lo:g}" if self.open_lo else f"at least {self.lo:g}")
+            what = f"above {self.lo:g}" if self.open_lo else f"at least {self.lo:g}"
+        elif self.lo is None:
+            what = f"below {self.hi:g}" if self.open_hi else f"at most {self.hi:g}"
         else:
             what = f"in {'(' if self.open_lo else '['}{self.lo:g}, {self.hi:g}{')' if self.open_hi else ']'}"
         if self.size or self.ordered:
@@ -263,7 +264,6 @@ def class_dirname(name: str) -> str:
 def class_name(dirname: str) -> str:
     """The class a folder holds: the inverse of class_dirname (a folder ddkit did not write keeps its name
     unless it holds one of those escapes)."""
-    import re
     return "" if dirname == "%" else re.sub(r"%(25|2[Ff]|5[Cc]|00|2[Ee])", lambda m: chr(int(m.group(1), 16)),
                                              dirname)
 
