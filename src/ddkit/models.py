@@ -49,12 +49,12 @@ def check_arch(arch: str) -> None:
                          f"or torchvision:NAME, timm:NAME, module:function")
 
 
-def train_bytes(arch: str, num_classes: int, image_size: int) -> tuple[int, int]:
+def train_bytes(arch: str, num_classes: int, image_size: int) -> tuple[int, int] | None:
     """(bytes per image of a training step, bytes of the weights, their gradients and momentum) of `arch`
     at `image_size`: every layer's output, kept for the backward pass, and a gradient of its size, an upper
     bound (bench/train_memory.py, CPU: 203, 35 and 3.8 MB per image measured for convnet3 at 224 px, resnet18
     at 224 px and convnet3 at 32 px; 219, 60 and 4.5 estimated). Shapes only (the meta device): nothing is
-    computed or allocated."""
+    computed or allocated. None where a model cannot run on the meta device (a zoo model's own op): unknown."""
     with torch.device("meta"):
         model = build_model(arch, num_classes, image_size).eval()
     outs = []
@@ -62,6 +62,8 @@ def train_bytes(arch: str, num_classes: int, image_size: int) -> tuple[int, int]
              for m in model.modules() if not list(m.children())]
     try:
         model(torch.empty(1, 3, image_size, image_size, device="meta"))
+    except (NotImplementedError, RuntimeError):
+        return None
     finally:
         for h in hooks:
             h.remove()

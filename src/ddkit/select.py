@@ -78,10 +78,10 @@ def proxy_plan(cfg: SelectConfig, num_classes: int, image_size: int, device) -> 
     CPU: half of what is available, leaving the rest to the data loaders and to others on a shared machine).
     A batch asked for that does not fit, or no batch of MIN_PROXY_BATCH, is refused before any work."""
     arch = cfg.proxy_arch if cfg.proxy_arch != "auto" else "convnet3" if image_size <= 64 else "resnet18"
-    per_image, fixed = train_bytes(arch, num_classes, image_size)
+    per_image, fixed = train_bytes(arch, num_classes, image_size) or (0, 0)
     device = torch.device(device)
     avail = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else (memory_available() or 0) // 2
-    fits = (avail - fixed) // per_image if avail else 2 ** 30   # unknown memory: trust the batch asked for
+    fits = (avail - fixed) // per_image if avail and per_image else 2 ** 30  # unknown: trust the batch asked for
     batch = cfg.proxy_batch or min(teacher_recipe().batch_size, fits)
     if batch > fits or batch < MIN_PROXY_BATCH:
         asked = f"--proxy-batch {batch}" if cfg.proxy_batch else f"a batch of {MIN_PROXY_BATCH}"

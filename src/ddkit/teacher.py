@@ -192,10 +192,10 @@ def train_teacher(train: Images, test: Images | None, arch: str = "convnet3",
 def _check_fits(arch: str, train: Images, device: torch.device) -> None:
     """Refuse, before building it, a model whose weights (with their gradients and momentum) and one
     image's activations exceed the memory there is (a huge --image-size grows a ConvNet's classifier)."""
-    per_image, fixed = train_bytes(arch, train.num_classes, train.image_size)
+    need = train_bytes(arch, train.num_classes, train.image_size)
     avail = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else memory_available()
-    if avail is not None and fixed + per_image > avail:
-        raise DDKitError(f"a {arch} at {train.image_size} px needs {(fixed + per_image) / 1e9:,.1f} GB to train on "
+    if need is not None and avail is not None and sum(need) > avail:
+        raise DDKitError(f"a {arch} at {train.image_size} px needs {sum(need) / 1e9:,.1f} GB to train on "
                          f"even one image, more than the {avail / 1e9:.1f} GB of memory available: lower "
                          f"--image-size or choose a smaller --arch")
 
