@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "samples (auto: convnet3 up to 64 px, resnet18 above, whose strided stem keeps activations "
                    "small at 224 px)")
     p.add_argument("--proxy-batch", type=positive_int, help="the proxy's training batch (default: the recipe's "
-                   "256, lowered to what fits in the memory there is; a batch that does not fit is refused)")
+                   "256, lowered only where it cannot fit in the memory there is; a batch that cannot is refused)")
     _teacher_args(p, "loss: score with this model instead of training a proxy; causal: the BN teacher "
                   "whose statistics the distiller matches")
     p.add_argument("--reference", help="causal: a distilled run used as the synthetic set")

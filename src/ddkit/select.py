@@ -74,20 +74,21 @@ MIN_PROXY_BATCH = 8  # below this, BatchNorm's batch statistics are too noisy to
 
 
 def proxy_plan(cfg: SelectConfig, num_classes: int, image_size: int, device) -> tuple[str, int]:
-    """The proxy's architecture and batch for the resolution and the memory there is (GPU: free memory;
-    CPU: half of what is available, leaving the rest to the data loaders and to others on a shared machine).
-    A batch asked for that does not fit, or no batch of MIN_PROXY_BATCH, is refused before any work."""
+    """The proxy's architecture and batch for the resolution and the memory there is (GPU: free memory; CPU:
+    available RAM). The default batch, the recipe's 256, is lowered only where it cannot fit (the estimate errs
+    high), so a run's scores do not depend on the machine's load; the summary records the batch used. A batch
+    asked for that does not fit, or no batch of MIN_PROXY_BATCH, is refused before any work."""
     arch = cfg.proxy_arch if cfg.proxy_arch != "auto" else "convnet3" if image_size <= 64 else "resnet18"
     per_image, fixed = train_bytes(arch, num_classes, image_size) or (0, 0)
     device = torch.device(device)
-    avail = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else (memory_available() or 0) // 2
+    avail = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else memory_available() or 0
     fits = (avail - fixed) // per_image if avail and per_image else 2 ** 30  # unknown: trust the batch asked for
     batch = cfg.proxy_batch or min(teacher_recipe().batch_size, fits)
     if batch > fits or batch < MIN_PROXY_BATCH:
         asked = f"--proxy-batch {batch}" if cfg.proxy_batch else f"a batch of {MIN_PROXY_BATCH}"
         raise DDKitError(f"the {arch} proxy at {image_size} px needs ~{per_image / 1e6:,.0f} MB per image: "
                          f"{asked} needs {(fixed + per_image * max(batch, MIN_PROXY_BATCH)) / 1e9:,.1f} GB, more "
-                         f"than the {avail / 1e9:.1f} GB of memory it may use here; "
+                         f"than the {avail / 1e9:.1f} GB of memory available; "
                          + (f"lower --proxy-batch (at most {fits} fits), " if fits >= MIN_PROXY_BATCH else "")
                          + "pick a smaller --proxy-arch or --image-size, or score with --teacher")
     return arch, int(batch)
