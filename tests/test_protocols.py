@@ -123,8 +123,12 @@ def test_protocol_overrides_are_typed_and_bad_ones_are_one_line_errors():
             preset("rded", bad)
     with pytest.raises(DDKitError, match="unknown protocol"):
         preset("nope")
-    with pytest.raises(DDKitError, match=r"protocol edc: ema=1.0, milestones=\(0.8, 1.5\) out of range"):
-        preset("edc", {"ema": "1", "milestones": "0.8,1.5"}).train_config(10, 10, 10)
+    for bad, msg in [({"ema": "1"}, r"'ema' of protocol edc: expected in \[0, 1\)"),
+                     ({"milestones": "0.8,1.5"}, r"'milestones' of protocol edc: expected .* in \(0, 1\]"),
+                     ({"temperature": "0"}, "expected above 0"), ({"batch_size": "-1"}, "expected at least 0"),
+                     ({"rrc_scale": "2,1"}, "2 values each in \\(0, 1\\], in increasing order")]:
+        with pytest.raises(DDKitError, match=msg):
+            preset("edc", bad)
 
 
 def test_a_training_option_added_later_leaves_teacher_cache_keys_alone():

@@ -51,6 +51,8 @@ TEMPLATES = {
                      "{work}/random.pt --batch-size {batch} --no-cache --out {work}/trained.pt {backend} {common}",
     "select_loss": "{ddkit} select --data {data} --criterion loss --teacher {teacher} --keep 0.5 --out "
                    "{work}/loss.pt {backend} {common}",
+    "select_proxy": "{ddkit} select --data {data} --criterion loss --proxy-epochs 1 --proxy-batch {batch} --keep 0.5 "
+                    "--out {work}/proxy.pt {backend} {common}",
     "distill_random": "{ddkit} distill --method random --ipc {ipc} --data {data} --out {work}/random --overwrite "
                       "--classes-per-group {group} {backend} {common}",
     "distill_e2d": "{ddkit} distill --method e2d --ipc {ipc} --data {data} --teacher {teacher} --out {work}/e2d "

@@ -11,6 +11,7 @@ import sys
 import types
 
 __version__ = "0.1.0"
+INTERRUPTED = "ddkit: interrupted (finished work is kept; rerun the same command to resume)"
 _CALLABLE = ("distill", "evaluate", "select", "teacher")   # modules that, called, run ddkit.api's function
 _LAZY = ("load_run", "Run", "Teacher", "DDKitError")
 

@@ -6,17 +6,28 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
+import os
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-from . import dist
+from . import INTERRUPTED, dist
+from .protocols import Protocol
 from .train import TEACHER_RECIPES
-from .utils import DDKitError, check_output, listed, one_or_list, request_stop, save_json, tune_malloc
+from .utils import (AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, UNIT, DDKitError, Range, check_output, error_line,
+                    listed, one_or_list, request_stop, save_json, to_json, tune_malloc)
+
+IMAGE_SIZE = Range(8)  # px: the smallest input the architectures' pooling takes
+
+
+class Parser(argparse.ArgumentParser):
+    """A usage error is one line too, like every other refusal (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"ddkit: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -33,8 +44,8 @@ def _data_args(p: argparse.ArgumentParser, size_help: str = "") -> None:
                    "and decode lazily with DataLoader workers (ImageNet scale, photos of any size, WebDataset "
                    "shards). auto: stream for WebDataset shards, for photos of mixed or non-square size (64 "
                    "sampled headers), or when N x 3 x S x S bytes exceed DDKIT_STREAM_GB (default 8) GB")
-    p.add_argument("--image-size", type=int, help="working resolution S of the real and distilled images "
-                   "(default: the images' own size, or 224 for photos of mixed size)" + size_help)
+    p.add_argument("--image-size", type=ranged(int, IMAGE_SIZE), help="working resolution S of the real and "
+                   "distilled images (default: the images' own size, or 224 for photos of mixed size)" + size_help)
 
 
 def _accel_args(p: argparse.ArgumentParser) -> None:
@@ -45,49 +56,40 @@ def _accel_args(p: argparse.ArgumentParser) -> None:
                    "forward (pays off on long GPU runs)")
 
 
-def finite_float(raw: str) -> float:
-    v = float(raw)
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {raw!r}")
-    return v
+def ranged(kind: type, valid: Range | None = None):
+    """An argparse type: an int or finite float in `valid`, the Range a flag shares with the knob or
+    protocol field it sets."""
+    def parse(raw: str):
+        what = "an integer" if kind is int else "a finite number"
+        try:
+            v = kind(raw)
+        except ValueError:
+            v = None
+        if v is None or (kind is float and not math.isfinite(v)) or (valid is not None and not valid.holds(v)):
+            raise argparse.ArgumentTypeError(f"expected {what}{f' {valid}' if valid else ''}, got {raw!r}")
+        return v
+    return parse
 
 
-def positive_float(raw: str) -> float:
-    v = finite_float(raw)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {raw!r}")
-    return v
-
-
-def fraction(raw: str) -> float:
-    v = finite_float(raw)
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {raw!r}")
-    return v
-
-
-def positive_int(raw: str) -> int:
-    try:
-        v = int(raw)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {raw!r}")
-    return v
+positive_float, fraction = ranged(float, POSITIVE), ranged(float, FRACTION)
+positive_int, count = ranged(int, AT_LEAST_1), ranged(int, NON_NEGATIVE)
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", nargs="+", default=["convnet3"], help="student architectures")
     p.add_argument("--test-data", help="test ImageFolder for the students if not <data>/test (or val/)")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=positive_int, default=3)
     p.add_argument("--labels", choices=["soft", "hard"], default="soft")
-    p.add_argument("--epochs", type=int, help="student epochs (default: the protocol's: 1000 for edc, else 300)")
+    p.add_argument("--epochs", type=positive_int, help="student epochs (default: the protocol's: 1000 for edc, "
+                   "else 300)")
     p.add_argument("--protocol", default="ddkit", help="student-training protocol: ddkit, rded, sre2l, "
                    "ddranking, edc (see docs/protocols/index.md)")
     p.add_argument("--pset", action="append", metavar="KEY=VALUE", help="protocol field, repeatable "
                    "(e.g. lr=0.002, cutmix=0)")
-    p.add_argument("--batch-size", type=int, help="student batch (default: the protocol's)")
-    p.add_argument("--temperature", type=positive_float, help="soft-label temperature (default: the protocol's)")
+    p.add_argument("--batch-size", type=ranged(int, Protocol.RANGES["batch_size"]),
+                   help="student batch (default: the protocol's)")
+    p.add_argument("--temperature", type=ranged(float, Protocol.RANGES["temperature"]),
+                   help="soft-label temperature (default: the protocol's)")
     p.add_argument("--no-weights", action="store_true", help="ignore per-image weights (e.g. DDOQ masses)")
 
 
@@ -101,9 +103,13 @@ def _teacher_args(p: argparse.ArgumentParser, help: str, several: bool = False) 
 
 
 def _eval_config(a, teacher_ids: tuple[str, ...], device):
+    """The students' configuration from the flags, every part of it checked (before any work)."""
     from .accel import amp_setting
     from .evaluate import EvalConfig
+    from .models import check_arch
     from .protocols import DEFAULT_EPOCHS, preset
+    for arch in a.arch:
+        check_arch(arch)
     fields = _settings(a.pset, "--pset")
     fields.update({k: v for k, v in (("batch_size", a.batch_size), ("temperature", a.temperature)) if v is not None})
     epochs = a.epochs if a.epochs is not None else DEFAULT_EPOCHS.get(a.protocol, 300)
@@ -135,6 +141,8 @@ def cmd_teacher(a) -> None:
         raise DDKitError("ddkit teacher needs --data to train on (or --import SPEC to freeze a pretrained model)")
     if a.teacher_weights or a.stats:
         raise DDKitError("--teacher-weights and --stats go with --import")
+    if a.out is not None:
+        check_output(a.out)  # before the data is read (an empty --out too)
     train, test = open_splits(a.data, a.test_data, a.image_size, a.data_backend, a.on_bad_image)
     if a.subset:
         train = load_subset_file(a.subset, train)
@@ -148,9 +156,9 @@ def cmd_teacher(a) -> None:
     _, ck = train_teacher(train, test, a.arch, recipe, a.seed, dev, a.out, use_cache=not a.no_cache,
                           progress=not a.quiet)
     if dist.is_main():
-        print(json.dumps({"teacher": ck["path"], "arch": ck["arch"], "test_acc": ck.get("test_acc"),
-                          "test_acc_flip_tta": ck.get("test_acc_flip_tta"), "train_time_s": ck.get("train_time_s"),
-                          "cached": ck["cached"], "precision": ck.get("precision")}))
+        print(to_json({"teacher": ck["path"], "arch": ck["arch"], "test_acc": ck.get("test_acc"),
+                       "test_acc_flip_tta": ck.get("test_acc_flip_tta"), "train_time_s": ck.get("train_time_s"),
+                       "cached": ck["cached"], "precision": ck.get("precision")}))
 
 
 def cmd_import(a) -> None:
@@ -158,7 +166,7 @@ def cmd_import(a) -> None:
     from .stream import open_data
     from .teacher import import_teacher
     from .utils import save_torch
-    if not a.out:
+    if a.out is None:
         raise DDKitError("--import needs --out FILE (the ddkit checkpoint to write)")
     check_output(a.out)
     # the data names the classes (and gives --stats data); --image-size is the resolution the import is used at
@@ -169,25 +177,38 @@ def cmd_import(a) -> None:
                            a.image_size or (train and train.image_size),
                            (train.mean, train.std) if a.stats == "data" else None)
     save_torch(ck, a.out)
-    print(json.dumps({"teacher": a.out, "arch": ck["arch"], "classes": ck["num_classes"],
-                      "image_size": ck["image_size"], "mean": ck["mean"], "std": ck["std"],
-                      "stats_from": ck["stats_from"], "weights": ck["imported_from"]}))
+    print(to_json({"teacher": a.out, "arch": ck["arch"], "classes": ck["num_classes"],
+                   "image_size": ck["image_size"], "mean": ck["mean"], "std": ck["std"],
+                   "stats_from": ck["stats_from"], "weights": ck["imported_from"]}))
+
+
+def _check_test_classes(test_classes: list[str] | None, classes: list[str] | None, what: str) -> None:
+    """The test split must hold every class of the set evaluated (in any order)."""
+    missing = [c for c in classes or [] if c not in (test_classes or classes)]
+    if missing:
+        few = ", ".join(map(repr, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DDKitError(f"the test split ({len(test_classes)} classes) lacks {few}, a class of {what}; has "
+                         f"{', '.join(map(repr, test_classes[:5]))}{'...' if len(test_classes) > 5 else ''}")
 
 
 def _load_eval_inputs(data: str | None, teachers: list[str] | None, weights: list[str] | None, device,
                       test_data: str | None = None, on_bad_image: str = "error", image_size: int | None = None,
-                      backend: str = "auto"):
+                      backend: str = "auto", classes: list[str] | None = None):
     """Test split (DATA's test/ or val/, or --test-data), teacher (several: their ensemble; each a checkpoint
-    or a zoo spec) and the members' content hashes; the test set is normalised with the teachers' statistics."""
+    or a zoo spec) and the members' content hashes; the test set is normalised with the teachers' statistics.
+    `classes`: those of the distilled set, which the test split must hold (checked before the teacher's)."""
     from .stream import open_data, open_splits
     from .teacher import load_teachers
     from .utils import model_hash
     if not data:
         raise DDKitError("no data to evaluate on: pass --data (a dataset name or ImageFolder root)")
     if not teachers:
-        return open_splits(data, test_data, image_size, backend, on_bad_image)[1], None, ()
+        test = open_splits(data, test_data, image_size, backend, on_bad_image)[1]
+        _check_test_classes(test.classes, classes, "the distilled set")
+        return test, None, ()
     test = open_data(test_data, "train", image_size, backend, on_bad_image=on_bad_image) if test_data \
         else open_data(data, "test", image_size, backend, on_bad_image=on_bad_image)
+    _check_test_classes(test.classes, classes, "the distilled set")
     # an import takes the test split's class names and resolution; a checkpoint must match them
     teacher, ck = load_teachers(teachers, weights, test.classes, test.image_size, device)
     test.mean, test.std = tuple(ck["mean"]), tuple(ck["std"])
@@ -215,22 +236,31 @@ def cmd_evaluate(a) -> None:
     from .rundir import DistilledSet, read_json, read_run
     from .utils import resolve_device
     dev = dist.local_device(resolve_device(a.device))
-    size = a.image_size
+    cfg = _eval_config(a, (), dev)  # every flag checked before any data is read
+    size, ds, is_ddkit_run = a.image_size, None, False
     if a.full:
         cfg_data = a.data
     else:
         if not a.run:
             raise DDKitError("give a RUN folder to evaluate, or --full for the full-real-data baseline")
-        run_cfg = read_json(Path(a.run) / "config.json").get("distill", {})
+        run = Path(a.run)
+        if not run.exists():
+            raise DDKitError(f"run folder not found: {run}")
+        is_ddkit_run = (run / "metrics.json").is_file()
+        if is_ddkit_run and not os.access(run, os.W_OK | os.X_OK):
+            raise DDKitError(f"run folder {run} is not writable: evaluate stores each student's result and "
+                             f"checkpoint there (make it writable, or evaluate a copy)")
+        run_cfg = read_json(run / "config.json").get("distill", {})
         cfg_data = a.data or run_cfg.get("data")
         size = size or run_cfg.get("image_size")  # the resolution the set was distilled at, if one was set
         if not a.teacher:  # the run's teacher, with its weights
             a.teacher, a.teacher_weights = (listed(run_cfg.get(k)) or None for k in ("teacher", "teacher_weights"))
-    if a.json:
+        ds = read_run(run)
+    if a.json is not None:
         check_output(a.json)
     test, teacher, teacher_ids = _load_eval_inputs(cfg_data, a.teacher, a.teacher_weights, dev, a.test_data,
-                                                   a.on_bad_image, size, a.data_backend)
-    cfg = _eval_config(a, teacher_ids, dev)
+                                                   a.on_bad_image, size, a.data_backend, ds and ds.classes)
+    cfg = dataclasses.replace(cfg, teachers=teacher_ids)
     if a.full:
         train = open_data(a.data, "train", size, a.data_backend, on_bad_image=a.on_bad_image)
         if a.subset:
@@ -239,8 +269,6 @@ def cmd_evaluate(a) -> None:
         results = evaluate_set(ds, test, teacher, cfg, dev, progress=not a.quiet)
         title = f"full real data ({len(train)} images)"
     else:
-        ds = read_run(a.run)
-        is_ddkit_run = (Path(a.run) / "metrics.json").is_file()
         t0 = time.time()
         results = evaluate_set(ds, test, teacher, cfg, dev, run=a.run if is_ddkit_run else None,
                                progress=not a.quiet)
@@ -264,12 +292,28 @@ def cmd_ddranking(a) -> None:
         return stored_summary(run, cfg, a.arch)["mean"] / 100
     inputs = {"syn_soft": acc(a.run, "soft"), "syn_hard": acc(a.run, "hard"), "random_soft": acc(a.random, "soft"),
               "real_hard": a.full_hard}
-    print(json.dumps({**label_robustness(**inputs), **inputs}))
+    print(to_json({**label_robustness(**inputs), **inputs}))
+
+
+def _check_evaluation(a) -> None:
+    """`distill --evaluate`: the evaluation's flags and test split, checked before the synthesis (a failure
+    after it would leave a run folder the corrected command then refuses as existing)."""
+    from .stream import split_classes
+    from .utils import resolve_device
+    _eval_config(a, (), resolve_device(a.device))
+    if a.json is not None:
+        check_output(a.json)
+    if a.labels == "soft" and not a.teacher:
+        raise DDKitError("--evaluate with soft labels needs --teacher (or --labels hard)")
+    test = split_classes(a.test_data, "train") if a.test_data else split_classes(a.data, "test")
+    _check_test_classes(test, split_classes(a.data, "train"), f"the training split {a.data}")
 
 
 def cmd_distill(a) -> None:
     from .distill import DistillConfig, distill
     from .report import write_report
+    if a.evaluate:
+        _check_evaluation(a)
 
     def absolute(p):  # the run's config must still point at its inputs when read from another folder
         return str(Path(p).resolve()) if p and Path(p).exists() else p
@@ -285,8 +329,8 @@ def cmd_distill(a) -> None:
         write_report(out)
         from .rundir import read_json
         m = read_json(out / "metrics.json")
-        print(json.dumps({"run": str(out), "images": m["num_images"], "synthesis_wall_s": m["synthesis_wall_s"],
-                          "diversity_cos": m.get("diversity_cos")}))
+        print(to_json({"run": str(out), "images": m["num_images"], "synthesis_wall_s": m["synthesis_wall_s"],
+                       "diversity_cos": m.get("diversity_cos")}))
     if a.evaluate:
         dist.barrier()  # every rank trains the students; the run must exist first
         a.run, a.full, a.data, a.subset, a.teacher = str(a.out), False, None, None, None  # the run's own
@@ -296,11 +340,12 @@ def cmd_distill(a) -> None:
 def cmd_select(a) -> None:
     from .select import SelectConfig, select
     cfg = SelectConfig(criterion=a.criterion, keep=a.keep, keep_end=a.keep_end, proxy_epochs=a.proxy_epochs,
+                       proxy_arch=a.proxy_arch, proxy_batch=a.proxy_batch or 0,
                        teacher=a.teacher, teacher_weights=a.teacher_weights, reference=a.reference, ipc=a.ipc,
                        seed=a.seed, subset=a.subset, on_bad_image=a.on_bad_image, data_backend=a.data_backend,
                        image_size=a.image_size)
     info = select(a.data, cfg, a.out, a.device, progress=not a.quiet)
-    print(json.dumps(info))
+    print(to_json(info))
 
 
 def cmd_report(a) -> None:
@@ -319,7 +364,7 @@ def cmd_export(a) -> None:
         teacher, ck = load_teachers(listed(a.teacher), listed(a.teacher_weights) or None, read_run(a.run).classes,
                                     config.get("data", {}).get("image_size"))
     out = export_ddranking(a.run, check_output(a.out, folder=True), teacher, ck.get("mean"), ck.get("std"))
-    print(json.dumps({"export": str(out), "soft_labels": teacher is not None}))
+    print(to_json({"export": str(out), "soft_labels": teacher is not None}))
 
 
 def cmd_demo(a) -> None:
@@ -328,7 +373,7 @@ def cmd_demo(a) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ddkit", description="Dataset distillation toolkit.")
+    ap = Parser(prog="ddkit", description="Dataset distillation toolkit.")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("teacher", help="train (or fetch from cache) a teacher on real data, or import a "
@@ -337,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "names the classes and sets the resolution")
     p.add_argument("--test-data", help="test ImageFolder if not <data>/test")
     p.add_argument("--arch", default="convnet3")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=positive_int, default=12)
     p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default: the recipe's)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default: the recipe's); the "
                    "peak LR scales with it unless --lr is given")
@@ -364,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="synthesise a distilled set into a run folder")
     p.add_argument("--method", required=True)
-    p.add_argument("--ipc", type=int, required=True, help="images per class")
+    p.add_argument("--ipc", type=positive_int, required=True, help="images per class")
     p.add_argument("--data", required=True)
     _teacher_args(p, "teacher (from `ddkit teacher`); several: soft labels and scores from the mean of their "
                   "logits, pixels optimised against one of them per step, in turn", several=True)
@@ -372,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method setting, repeatable")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--subset", help="index file from `ddkit select`: distil from the kept samples only")
-    p.add_argument("--classes-per-group", type=int, default=0, help="classes optimised together (0 = all)")
+    p.add_argument("--classes-per-group", type=count, default=0, help="classes optimised together (0 = all)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--store", choices=["uint8", "float32"], default="uint8", help="uint8: the run's PNGs are "
                    "the set (lossless 8-bit); float32: data.pt also keeps the unquantised images (4x the PNGs' "
@@ -406,21 +451,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-hard", type=float, required=True, help="accuracy (a fraction) of the full real "
                    "training data with hard labels: `ddkit evaluate --full --labels hard --protocol ddranking`")
     p.add_argument("--arch", default="convnet3")
-    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--epochs", type=positive_int, default=300)
     p.add_argument("--pset", action="append", metavar="KEY=VALUE", help="protocol fields the runs used")
     p.set_defaults(fn=cmd_ddranking)
 
     p = sub.add_parser("select", help="prune the real data before distillation (BiLP)")
     p.add_argument("--data", required=True)
-    p.add_argument("--keep", type=finite_float, required=True, help="fraction of each class to keep, in (0, 1]")
+    p.add_argument("--keep", type=ranged(float, UNIT), required=True, help="fraction of each class to keep, "
+                   "in (0, 1]")
     p.add_argument("--criterion", choices=["loss", "causal", "random"], default="loss")
     p.add_argument("--keep-end", choices=["low", "high"], default="low", help="loss criterion: keep the "
                    "low-loss (easy, the paper's choice) or high-loss end")
-    p.add_argument("--proxy-epochs", type=int, default=5)
+    p.add_argument("--proxy-epochs", type=positive_int, default=5)
+    p.add_argument("--proxy-arch", default="auto", help="loss without --teacher: the proxy trained to score the "
+                   "samples (auto: convnet3 up to 64 px, resnet18 above, whose strided stem keeps activations "
+                   "small at 224 px)")
+    p.add_argument("--proxy-batch", type=positive_int, help="the proxy's training batch (default: the recipe's "
+                   "256, lowered only where it cannot fit in the memory there is; a batch that cannot is refused)")
     _teacher_args(p, "loss: score with this model instead of training a proxy; causal: the BN teacher "
                   "whose statistics the distiller matches")
     p.add_argument("--reference", help="causal: a distilled run used as the synthetic set")
-    p.add_argument("--ipc", type=int, default=10, help="causal without --reference: random real images "
+    p.add_argument("--ipc", type=positive_int, default=10, help="causal without --reference: random real images "
                    "per class standing in for the synthetic set")
     p.add_argument("--subset", help="select within an earlier selection (e.g. causal after loss)")
     p.add_argument("--seed", type=int, default=0)
@@ -447,7 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (its one line is printed) or --help
+        return e.code if isinstance(e.code, int) else 2
     if hasattr(sys.stdout, "reconfigure"):  # a log shared by stdout and stderr keeps results and progress in order
         sys.stdout.reconfigure(line_buffering=True)
     if threading.current_thread() is threading.main_thread():
@@ -456,11 +510,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dist.setup()  # under torchrun: one process group for the whole command
         args.fn(args)
-    except (DDKitError, OSError) as e:  # OSError: the file system said no (disk full, permissions...)
-        print(f"ddkit: error: {e}", file=sys.stderr)
+    except Exception as e:
+        line = error_line(e)  # bad input, the file system or memory saying no; anything else is a bug: traceback
+        if line is None:
+            raise
+        print(f"ddkit: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ddkit: interrupted (finished work is kept; rerun the same command to resume)", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     finally:
         dist.shutdown()

@@ -9,6 +9,7 @@ subsetting and on-device augmentation trivial and fast at CIFAR scale.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import sys
@@ -21,7 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .augment import resize_center_crop
-from .utils import DDKitError, cache_dir, load_torch, save_torch, stable_hash, tensor_hash
+from .utils import DDKitError, cache_dir, class_name, load_torch, save_torch, stable_hash, tensor_hash
 
 IMG_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 # Standard statistics for named datasets; ImageFolder trees get theirs computed from the training split.
@@ -117,24 +118,52 @@ def _fingerprint(files: list[Path]) -> str:
     return h.hexdigest()[:20]
 
 
-def _scan_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
+def _images_in(folder: Path) -> tuple[list[Path], list[str]]:
+    """The image files of a class folder, sorted, and the reasons of the entries that cannot be read at all
+    (a symlink loop, a link to nothing), which the bad-image policy then refuses or skips."""
+    imgs, bad = [], []
+    for p in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMG_EXTS):
+        try:
+            p.stat()
+            imgs.append(p)
+        except OSError as e:
+            what = "a symlink loop" if e.errno == errno.ELOOP else \
+                "a symlink to nothing" if p.is_symlink() else (e.strerror or str(e)).lower()
+            bad.append(f"cannot read image {p}: {what}")
+    return imgs, bad
+
+
+def _scan_folder(root: Path) -> tuple[list[str], list[Path], list[int], list[str]]:
+    """(class names, image files, labels, reasons of unreadable entries) of root/<class>/<image>. Folder names
+    are read back into class names (ddkit.utils.class_name). A hidden folder holding images is a class, as in
+    torchvision's ImageFolder, and said so on stderr; hidden folders without images (.git, .ipynb_checkpoints)
+    are not classes."""
     if not root.exists():
         raise DDKitError(f"data folder not found: {root}")
     if not root.is_dir():
         raise DDKitError(f"data path is not a folder: {root}")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
+    dirs = sorted(d.name for d in root.iterdir() if d.is_dir())
+    found = {d: _images_in(root / d) for d in dirs}
+    hidden = [d for d in dirs if d.startswith(".")]
+    dirs = [d for d in dirs if not d.startswith(".") or any(found[d])]
+    for d in hidden:
+        if d in dirs:
+            print(f"ddkit: warning: hidden folder {root / d} holds images: it is class {class_name(d)!r} "
+                  f"(move it out of {root} to leave it out)", file=sys.stderr)
+    if not dirs:
         raise DDKitError(f"no class folders in {root} (expected {root}/<class>/<image>)")
-    if len(classes) == 1:
-        raise DDKitError(f"{root} has one class folder ({classes[0]!r}): a classifier needs at least two classes")
-    files, labels = [], []
-    for i, c in enumerate(classes):
-        imgs = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMG_EXTS)
+    if len(dirs) == 1:
+        raise DDKitError(f"{root} has one class folder ({dirs[0]!r}): a classifier needs at least two classes")
+    files, labels, bad = [], [], []
+    for i, d in enumerate(dirs):
+        imgs, unreadable = found[d]
         if not imgs:
-            raise DDKitError(f"class {c!r} in {root} has no images")
+            raise DDKitError(f"class {class_name(d)!r} in {root} has no images" +
+                             (f" ({unreadable[0]})" if unreadable else ""))
         files += imgs
         labels += [i] * len(imgs)
-    return classes, files, labels
+        bad += unreadable
+    return [class_name(d) for d in dirs], files, labels, bad
 
 
 def _decode(path: Path, size: int | None) -> np.ndarray:
@@ -179,16 +208,17 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None, ca
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise DDKitError(f"unknown bad-image policy {on_bad_image!r}; choose {' or '.join(BAD_IMAGE_POLICIES)}")
     root = Path(root).resolve()
-    classes, files, labels = _scan_folder(root)
+    classes, files, labels, unreadable = _scan_folder(root)
     key = f"{_fingerprint(files)}_{image_size or 0}"
     cpath = cache_dir() / "folders" / f"{key}.pt"
     if cache and cpath.is_file():
         blob = load_torch(cpath, "dataset cache")
-        skipped = blob.get("skipped", [])
+        skipped = unreadable + blob.get("skipped", [])
         _apply_bad_image_policy(skipped, on_bad_image)
         return ImageData(blob["images"], blob["labels"], blob["classes"], tuple(blob["mean"]),
                          tuple(blob["std"]), root.name, skipped)
-    arrays, skipped = _decode_all(files, image_size)
+    arrays, undecodable = _decode_all(files, image_size)
+    skipped = unreadable + undecodable
     _apply_bad_image_policy(skipped, on_bad_image)
     keep = [i for i, a in enumerate(arrays) if a is not None]
     arrays, files, labels = [arrays[i] for i in keep], [files[i] for i in keep], [labels[i] for i in keep]
@@ -207,7 +237,7 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None, ca
     mean, std = stats if stats is not None else channel_stats(images)
     if cache:
         save_torch({"images": images, "labels": labels_t, "classes": classes, "mean": list(mean),
-                    "std": list(std), "skipped": skipped}, cpath)
+                    "std": list(std), "skipped": undecodable}, cpath)
     return ImageData(images, labels_t, classes, tuple(mean), tuple(std), root.name, skipped)
 
 
@@ -254,6 +284,9 @@ NAMED = {"digits", "cifar10", "cifar100"}
 def split_dirs(spec: str) -> tuple[Path, Path | None]:
     """A folder holding train/ (and test/ or val/) splits, or a folder that is itself the training split."""
     root = Path(spec)
+    for split in ("train", "test", "val"):
+        if (root / split).exists() and not (root / split).is_dir():
+            raise DDKitError(f"{root / split} is a file: a split is a folder of class folders")
     if (root / "train").is_dir():
         test = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
         return root / "train", test

@@ -27,8 +27,8 @@ from .models import embed
 from .rundir import STORES, DistilledSet, write_run
 from .stream import open_data
 from .teacher import load_teachers
-from .utils import (DDKitError, check_output, listed, load_torch, resolve_device, save_torch, stable_hash,
-                    trim_malloc)
+from .utils import (DDKitError, check_output, listed, load_torch, memory_available, resolve_device, save_torch,
+                    stable_hash, trim_malloc)
 
 
 @dataclass
@@ -102,6 +102,24 @@ def prepare(cfg: DistillConfig, method, device) -> tuple[Images, torch.nn.Module
     return train, teacher, tinfo
 
 
+def check_sizes(cfg: DistillConfig, method, train: Images) -> None:
+    """Refuse, before any work, a set that cannot be made: a class with fewer real images than the method
+    takes, or a set larger than the memory that must hold it whole (at the end of the run)."""
+    need = method.images_needed(cfg.ipc, train.image_size)
+    counts = torch.bincount(train.labels, minlength=train.num_classes)
+    c = int(counts.argmin())
+    if counts[c] < need:
+        per = f" x {need // cfg.ipc} = {need} (the real images {cfg.method} stitches into each distilled image " \
+              f"at {train.image_size} px)" if need != cfg.ipc else ""
+        raise DDKitError(f"class {train.classes[c]!r} has {int(counts[c])} images, fewer than IPC={cfg.ipc}{per}")
+    size = cfg.ipc * train.num_classes * 3 * train.image_size ** 2 * 4  # float32
+    avail = memory_available()
+    if avail is not None and size > avail:
+        raise DDKitError(f"the distilled set would hold {cfg.ipc * train.num_classes:,} images of 3x"
+                         f"{train.image_size}x{train.image_size} ({size / 1e9:,.1f} GB as float32), more than the "
+                         f"{avail / 1e9:.1f} GB of memory available: lower --ipc or --image-size")
+
+
 def assemble(paths: list[Path]) -> tuple[torch.Tensor, list[dict]]:
     """The groups' images in one tensor, and the groups' other fields. The images are copied into one
     preallocated tensor a group at a time (shapes read from memory-mapped files first): at 1,000 classes the
@@ -130,6 +148,7 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
     amp = amp_setting(cfg.amp, dev)
     method = build_method(cfg.method, cfg.settings)
     train, teacher, tinfo = prepare(cfg, method, dev)
+    check_sizes(cfg, method, train)
     key = stable_hash({"cfg": dataclasses.asdict(cfg), "method": dataclasses.asdict(method.cfg)})
     work = out.parent / f".{out.name}.work-{key}"
     work.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .accel import compiled, configure, mixed_precision
 from .augment import crop_resize, random_flip, sample_boxes
 from .progress import steps
-from .utils import STOP, DDKitError, load_torch, save_torch
+from .utils import AT_LEAST_1, NON_NEGATIVE, POSITIVE, STOP, UNIT, DDKitError, Range, load_torch, save_torch
 
 
 @dataclass
@@ -41,6 +41,10 @@ class RecoverConfig:
     checkpoint_every: int = 50      # steps between checkpoints (when the driver gives a path)
     # allowed values of string knobs, checked when a config is built from --set (methods extend it)
     CHOICES = {"crop": ("shared", "per_image", "none"), "bn_targets": ("running", "data")}
+    # valid values of numeric knobs, checked in the same place (methods extend it too)
+    RANGES = {"iterations": AT_LEAST_1, "lr": POSITIVE, "r_bn": NON_NEGATIVE, "first_bn_mult": NON_NEGATIVE,
+              "betas": Range(0, 1, open_hi=True, size=2), "min_scale": UNIT, "max_scale": UNIT,
+              "jitter": NON_NEGATIVE, "log_every": AT_LEAST_1, "checkpoint_every": AT_LEAST_1}
 
 
 class BatchStats(torch.autograd.Function):

@@ -38,10 +38,36 @@ def build_model(arch: str, num_classes: int, image_size: int = 32, in_channels: 
         if image_size <= 64 and not native_stem and _has_resnet_stem(model):
             _small_stem(model, in_channels, model.conv1.out_channels)
         return model
-    if arch not in MODELS:
+    check_arch(arch)
+    return MODELS[arch](num_classes=num_classes, image_size=image_size, in_channels=in_channels)
+
+
+def check_arch(arch: str) -> None:
+    """Refuse an unknown ddkit architecture name (zoo specs are checked when built)."""
+    if ":" not in arch and arch not in MODELS:
         raise DDKitError(f"unknown architecture {arch!r}; choose from {', '.join(sorted(MODELS))}, "
                          f"or torchvision:NAME, timm:NAME, module:function")
-    return MODELS[arch](num_classes=num_classes, image_size=image_size, in_channels=in_channels)
+
+
+def train_bytes(arch: str, num_classes: int, image_size: int) -> tuple[int, int] | None:
+    """(bytes per image of a training step, bytes of the weights, their gradients and momentum) of `arch`
+    at `image_size`: every layer's output, kept for the backward pass, and a gradient of its size, an upper
+    bound (bench/train_memory.py, CPU: 203, 35 and 3.8 MB per image measured for convnet3 at 224 px, resnet18
+    at 224 px and convnet3 at 32 px; 219, 60 and 4.5 estimated). Shapes only (the meta device): nothing is
+    computed or allocated. None where a model cannot run on the meta device (a zoo model's own op): unknown."""
+    with torch.device("meta"):
+        model = build_model(arch, num_classes, image_size).eval()
+    outs = []
+    hooks = [m.register_forward_hook(lambda m, i, o: outs.append(o.numel() if torch.is_tensor(o) else 0))
+             for m in model.modules() if not list(m.children())]
+    try:
+        model(torch.empty(1, 3, image_size, image_size, device="meta"))
+    except (NotImplementedError, RuntimeError):
+        return None
+    finally:
+        for h in hooks:
+            h.remove()
+    return 4 * 2 * sum(outs), 4 * 3 * sum(p.numel() for p in model.parameters())
 
 
 def _build_zoo(arch: str, num_classes: int, in_channels: int) -> nn.Module:

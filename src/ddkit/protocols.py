@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .train import TrainConfig
-from .utils import DDKitError, parse_overrides
+from .utils import FRACTION, NON_NEGATIVE, POSITIVE, DDKitError, Range, parse_overrides
 
 
 @dataclass
@@ -78,6 +78,12 @@ class Protocol:
     CHOICES: ClassVar[dict] = {"schedule": ("cosine", "half_cosine", "onecycle", "step"), "aug": ("rrc", "none"),
                                "soft_labels": ("online", "fkd"), "optimizer": ("adamw", "sgd"),
                                "soft_loss": ("kl", "mse")}
+    # valid values of the numeric fields, checked when a protocol is built from --pset (and the flags that set them)
+    RANGES: ClassVar[dict] = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "batch_size": NON_NEGATIVE,
+                              "rrc_scale": Range(0, 1, open_lo=True, size=2, ordered=True), "cutmix": NON_NEGATIVE,
+                              "temperature": POSITIVE, "eval_every": NON_NEGATIVE, "best_after": FRACTION,
+                              "milestones": Range(0, 1, open_lo=True, ordered=True), "ce_weight": NON_NEGATIVE,
+                              "ema": FRACTION, "randaug_ops": NON_NEGATIVE, "randaug_magnitude": Range(0, 30)}
     # ddkit's EvalConfig had these three as its own fields: keys of results made with only them changed
     # stay what they were (see EvalConfig.key)
     LEGACY: ClassVar[tuple] = ("batch_size", "lr", "temperature")
@@ -90,11 +96,6 @@ class Protocol:
                 if f.name != "name" and getattr(self, f.name) != getattr(base, f.name)}
 
     def train_config(self, epochs: int, ipc: int, num_classes: int) -> TrainConfig:
-        bad = [f"{k}={getattr(self, k)}" for k in ("ema", "best_after") if not 0 <= getattr(self, k) < 1]
-        bad += [f"milestones={self.milestones}"] if not all(0 < m <= 1 for m in self.milestones) else []
-        if bad:
-            raise DDKitError(f"protocol {self.name}: {', '.join(bad)} out of range (fractions: ema and best_after "
-                             "in [0, 1), milestones in (0, 1])")
         return TrainConfig(epochs=epochs, batch_size=self.batch_size or ipc_batch_size(ipc, num_classes),
                            optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
                            schedule=self.schedule, aug=self.aug, rrc_scale=tuple(self.rrc_scale),

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import torch
 
 from .evaluate import mean_std, summarize_entry
 from .rundir import read_json, read_run
-from .utils import atomic_path
+from .utils import DDKitError, atomic_path, to_json
 
 GRID_CLASSES = 10    # rows: classes evenly spaced over the set (ImageNet: 1 in 100); images/ holds all
 GRID_PER_CLASS = 10  # columns: a class's first images
@@ -114,6 +113,9 @@ def _eval_table(evaluation: dict) -> list[str]:
 
 def write_report(run: str | Path) -> Path:
     run = Path(run)
+    if not (run / "metrics.json").is_file():
+        raise DDKitError(f"run folder not found: {run}" if not run.exists() else
+                         f"{run} is not a run folder (no metrics.json): `ddkit distill` makes one")
     metrics, config = read_json(run / "metrics.json"), read_json(run / "config.json")
     image_grid(run, run / "grid.png")
     has_curve = loss_plot(metrics.get("groups", []), run / "curves.png")
@@ -128,8 +130,8 @@ def write_report(run: str | Path) -> Path:
     lines += ["", "## Images (a sample of classes; every image is in images/)", "", "![grid](grid.png)", ""]
     if has_curve:
         lines += ["## Synthesis loss curves", "", "![curves](curves.png)", ""]
-    lines += ["## Metrics", "", "```json", json.dumps(brief, indent=2), "```", "",
-              "## Config", "", "```json", json.dumps(config, indent=2), "```", ""]
+    lines += ["## Metrics", "", "```json", to_json(brief, indent=2), "```", "",
+              "## Config", "", "```json", to_json(config, indent=2), "```", ""]
     with atomic_path(run / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
     return run / "report.md"

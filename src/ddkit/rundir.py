@@ -22,13 +22,12 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .utils import DDKitError, load_torch, save_json, save_torch
+from .utils import DDKitError, class_dirname, load_torch, save_json, save_torch
 
 RUN_FORMAT = "ddkit-run-v2"
 OLD_FORMATS = ("ddkit-run-v1",)   # float32 images inside data.pt
@@ -43,12 +42,7 @@ class DistilledSet:
     weights: torch.Tensor | None = None
 
 
-def safe_dirname(name: str) -> str:
-    """A folder name that stays inside its parent whatever the class is called ('..', 'a/b', NUL)."""
-    out = quote(name, safe=" ()[]{}+,;=!@#$&'~^-_") if name else "%00empty"
-    if out.startswith("."):
-        out = "%2E" + out[1:]
-    return out
+safe_dirname = class_dirname  # a folder name that stays inside its parent whatever the class is called
 
 
 def _to_uint8(images: torch.Tensor, chunk: int = 256) -> np.ndarray:

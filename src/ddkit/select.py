@@ -19,10 +19,9 @@ Indices always refer to the full dataset's canonical order, so selections chain 
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,12 +29,12 @@ import torch.nn as nn
 
 from .data import Images, read_subset
 from .engine import bn_layers
-from .models import build_model
+from .models import build_model, train_bytes
 from .stream import open_data
 from .teacher import load_teacher
 from .train import batched_logits, fit, teacher_recipe
-from .utils import (DDKitError, atomic_path, cache_dir, check_output, inference_batch, load_torch, resolve_device,
-                    save_torch, stable_hash, tensor_hash)
+from .utils import (DDKitError, cache_dir, check_output, inference_batch, load_torch, memory_available,
+                    resolve_device, save_json, save_torch, stable_hash, tensor_hash, to_json)
 
 
 @dataclass
@@ -44,6 +43,8 @@ class SelectConfig:
     keep: float = 0.5            # fraction of each class kept
     keep_end: str = "low"        # loss: keep the low-loss (easy) or high-loss end
     proxy_epochs: int = 5
+    proxy_arch: str = "auto"     # loss without a teacher: the proxy (auto: convnet3 to 64 px, resnet18 above)
+    proxy_batch: int = 0         # its training batch (0: the recipe's 256, lowered to what fits in memory)
     teacher: str | None = None   # loss: score with this model instead of a proxy; causal: the BN teacher
     teacher_weights: str | None = None  # state dict of a zoo-spec teacher (torchvision:NAME ...)
     reference: str | None = None  # causal: distilled run whose statistics are D_s
@@ -69,8 +70,34 @@ def cached_scores(kind: str, key: list, compute) -> tuple[torch.Tensor, bool]:
     return scores, False
 
 
-def proxy_losses(data: Images, epochs: int, seed: int, device, progress: bool) -> torch.Tensor:
-    """Mean training loss of every sample over `epochs` of a fresh ConvNet-3 (the BiLP static score)."""
+MIN_PROXY_BATCH = 8  # below this, BatchNorm's batch statistics are too noisy to train the proxy on
+
+
+def proxy_plan(cfg: SelectConfig, num_classes: int, image_size: int, device) -> tuple[str, int]:
+    """The proxy's architecture and batch for the resolution and the memory there is (GPU: free memory; CPU:
+    available RAM). The default batch, the recipe's 256, is lowered only where it cannot fit (the estimate errs
+    high), so a run's scores do not depend on the machine's load; the summary records the batch used. A batch
+    asked for that does not fit, or no batch of MIN_PROXY_BATCH, is refused before any work."""
+    arch = cfg.proxy_arch if cfg.proxy_arch != "auto" else "convnet3" if image_size <= 64 else "resnet18"
+    per_image, fixed = train_bytes(arch, num_classes, image_size) or (0, 0)
+    device = torch.device(device)
+    avail = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else memory_available() or 0
+    fits = (avail - fixed) // per_image if avail and per_image else 2 ** 30  # unknown: trust the batch asked for
+    batch = cfg.proxy_batch or min(teacher_recipe().batch_size, fits)
+    if batch > fits or batch < MIN_PROXY_BATCH:
+        asked = f"--proxy-batch {batch}" if cfg.proxy_batch else f"a batch of {MIN_PROXY_BATCH}"
+        raise DDKitError(f"the {arch} proxy at {image_size} px needs ~{per_image / 1e6:,.0f} MB per image: "
+                         f"{asked} needs {(fixed + per_image * max(batch, MIN_PROXY_BATCH)) / 1e9:,.1f} GB, more "
+                         f"than the {avail / 1e9:.1f} GB of memory available; "
+                         + (f"lower --proxy-batch (at most {fits} fits), " if fits >= MIN_PROXY_BATCH else "")
+                         + "pick a smaller --proxy-arch or --image-size, or score with --teacher")
+    return arch, int(batch)
+
+
+def proxy_losses(data: Images, epochs: int, seed: int, device, progress: bool, arch: str = "convnet3",
+                 batch: int = 256) -> torch.Tensor:
+    """Mean training loss of every sample over `epochs` of a fresh proxy (the BiLP static score); the
+    recipe's learning rate scales linearly with the batch."""
     total = torch.zeros(len(data), device=device)
     seen = torch.zeros(len(data), device=device)
 
@@ -78,9 +105,11 @@ def proxy_losses(data: Images, epochs: int, seed: int, device, progress: bool) -
         total.index_add_(0, idx, per.float())
         seen.index_add_(0, idx, torch.ones_like(per, dtype=torch.float))
     torch.manual_seed(seed)
-    model = build_model("convnet3", data.num_classes, data.image_size)
-    fit(model, data.fit_images, data.labels, data.normalize, teacher_recipe(epochs), device, seed=seed,
-        desc="proxy", progress=progress, on_batch=record)
+    model = build_model(arch, data.num_classes, data.image_size)
+    recipe = teacher_recipe(epochs)
+    recipe = replace(recipe, batch_size=batch, lr=recipe.lr * batch / recipe.batch_size)
+    fit(model, data.fit_images, data.labels, data.normalize, recipe, device, seed=seed,
+        desc=f"proxy {arch}", progress=progress, on_batch=record)
     return (total / seen.clamp_min(1)).cpu()
 
 
@@ -163,6 +192,8 @@ def select(data_spec: str, cfg: SelectConfig, out: str | Path, device: str = "au
     if cfg.subset:
         base = read_subset(cfg.subset, len(full))
     data = full.subset(base)
+    plan = proxy_plan(cfg, data.num_classes, data.image_size, dev) if cfg.criterion == "loss" and not cfg.teacher \
+        else None
     t0 = time.time()
     gen = torch.Generator().manual_seed(cfg.seed)
     teacher = None
@@ -178,8 +209,9 @@ def select(data_spec: str, cfg: SelectConfig, out: str | Path, device: str = "au
     elif cfg.criterion == "loss" and teacher is not None:
         scores = model_losses(teacher, data, dev)      # one pass: not worth caching
     elif cfg.criterion == "loss":
-        scores, cached = cached_scores("proxy", key + [cfg.proxy_epochs],
-                                       lambda: proxy_losses(data, cfg.proxy_epochs, cfg.seed, dev, progress))
+        proxy = (cfg.proxy_epochs,) + plan if plan != ("convnet3", 256) else (cfg.proxy_epochs,)  # keys of old
+        scores, cached = cached_scores("proxy", key + list(proxy),                                # scores stay
+                                       lambda: proxy_losses(data, cfg.proxy_epochs, cfg.seed, dev, progress, *plan))
     else:
         if teacher is None:
             raise DDKitError("--criterion causal needs --teacher (the BN teacher the distiller matches)")
@@ -206,13 +238,13 @@ def select(data_spec: str, cfg: SelectConfig, out: str | Path, device: str = "au
     local = torch.cat(kept).sort().values
     indices = base[local]
     wall = round(time.time() - t0, 2)
-    summary = {"config": asdict(cfg), "data": data_spec, "num_samples": len(full), "num_kept": len(indices),
+    summary = {"config": asdict(cfg), **({"proxy": dict(zip(("arch", "batch"), plan))} if plan else {}),
+               "data": data_spec, "num_samples": len(full), "num_kept": len(indices),
                "per_class": counts, "selection_wall_s": wall, "scores_from_cache": cached, "device": str(dev),
                "skipped_images": full.skipped}
     save_torch({"indices": indices, "num_samples": len(full), "scores": scores, "scored_indices": base,
-                "summary": json.dumps(summary)}, out)
-    with atomic_path(out.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+                "summary": to_json(summary)}, out)
+    save_json(summary, out.with_suffix(".json"))
     _histogram(scores, scores[local], cfg.criterion, out.with_suffix(".png"))
     return summary
 

@@ -56,7 +56,7 @@ class FolderIndex:
 
     def __init__(self, root: Path):
         self.root = root
-        self.classes, files, labels = _scan_folder(root)
+        self.classes, files, labels, self.unreadable = _scan_folder(root)
         self.key = _fingerprint(files)
         self.items = np.array([str(f.relative_to(root)).encode() for f in files])
         self.labels = torch.tensor(labels, dtype=torch.long)
@@ -285,8 +285,22 @@ def _stream(index, size: int, stats: tuple | None, on_bad_image: str) -> StreamD
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise DDKitError(f"unknown bad-image policy {on_bad_image!r}; choose {' or '.join(BAD_IMAGE_POLICIES)}")
     mean, std = stats if stats is not None else IMAGENET_STATS
-    return StreamData(index, torch.arange(len(index.labels)), index.labels, index.classes, tuple(mean),
+    data = StreamData(index, torch.arange(len(index.labels)), index.labels, index.classes, tuple(mean),
                       tuple(std), size, index.root.name, on_bad_image)
+    for reason in getattr(index, "unreadable", []):  # entries the scan could not read (a symlink loop)
+        data._bad(reason)
+    return data
+
+
+def split_classes(spec: str, split: str = "train") -> list[str] | None:
+    """The class names of a split, from its folders (or shards' classes.txt) without decoding an image; None
+    for a dataset loaded by name."""
+    if spec in NAMED and not Path(spec).exists():
+        return None
+    train_dir, test_dir = split_dirs(spec)
+    if split == "test" and test_dir is None:
+        raise DDKitError(f"no test/ or val/ split beside {train_dir}; pass --test-data")
+    return open_index((train_dir if split == "train" else test_dir).resolve()).classes
 
 
 def open_data(spec: str, split: str = "train", image_size: int | None = None, backend: str = "auto",

@@ -17,9 +17,10 @@ import torch.nn as nn
 
 from . import dist
 from .data import Images
-from .models import build_model, classifier
+from .models import build_model, classifier, train_bytes
 from .train import TrainConfig, accuracy, config_id, fit, teacher_recipe
-from .utils import DDKitError, cache_dir, check_output, inference_batch, load_torch, save_torch, stable_hash
+from .utils import (DDKitError, cache_dir, check_output, inference_batch, load_torch, memory_available, save_torch,
+                    stable_hash)
 from .zoo import Pretrained, find_weights, pretrained
 
 FORMAT = "ddkit-model-v1"
@@ -158,10 +159,13 @@ def train_teacher(train: Images, test: Images | None, arch: str = "convnet3",
     cached = cache_dir() / "teachers" / f"{arch.replace(':', '-')}_{key}.pt"  # no ':' in file names
     if use_cache and cached.is_file():
         model, ck = load_checkpoint(cached, train.classes, arch, device)
+        if test is not None:  # the test split given now (the cached numbers are those of the first one)
+            ck.update(zip(("test_acc", "test_acc_flip_tta"), _test_accs(model, test, train, device)))
         if out and dist.is_main():
-            save_torch(load_torch(cached), out)
+            save_torch({**load_torch(cached), **{k: ck.get(k) for k in ("test_acc", "test_acc_flip_tta")}}, out)
         return model, {**ck, "cached": True, "path": str(out or cached)}
     device = torch.device(device)
+    _check_fits(arch, train, device)
     torch.manual_seed(seed)  # the initial weights are part of what the seed reproduces
     model = build_model(arch, train.num_classes, train.image_size)
     if hasattr(model, "init_from_data"):  # a data-dependent first layer (AirNet's whitening), seeded too
@@ -171,9 +175,7 @@ def train_teacher(train: Images, test: Images | None, arch: str = "convnet3",
     hist = fit(model, train.fit_images, train.labels, train.normalize, recipe, device, seed=seed,
                checkpoint=str(cached.with_suffix(".partial")), desc=f"teacher {arch}", progress=progress)
     train_time = time.time() - t0 + hist["resumed_s"]  # a resumed teacher counts its earlier attempts too
-    batch = inference_batch(test.image_size, 1000) if test is not None else 0
-    acc, tta = ((accuracy(model, test.batches(None, batch), test.labels, train.normalize, device, flip)
-                 for flip in (False, True)) if test is not None else (None, None))
+    acc, tta = _test_accs(model, test, train, device) if test is not None else (None, None)
     extra = {"test_acc": acc, "test_acc_flip_tta": tta, "train_time_s": round(train_time, 1), "seed": seed,
              "data_hash": key, "loss": hist["loss"], "num_train": len(train), "precision": hist["precision"],
              "skipped_images": train.skipped + (test.skipped if test is not None else [])}
@@ -185,6 +187,24 @@ def train_teacher(train: Images, test: Images | None, arch: str = "convnet3",
     dist.barrier()
     model, ck = load_checkpoint(cached, device=device)  # plain BatchNorm again if DDP made it SyncBatchNorm
     return model, {**ck, "cached": False, "path": str(out or cached)}
+
+
+def _check_fits(arch: str, train: Images, device: torch.device) -> None:
+    """Refuse, before building it, a model whose weights (with their gradients and momentum) and one
+    image's activations exceed the memory there is (a huge --image-size grows a ConvNet's classifier)."""
+    need = train_bytes(arch, train.num_classes, train.image_size)
+    avail = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else memory_available()
+    if need is not None and avail is not None and sum(need) > avail:
+        raise DDKitError(f"a {arch} at {train.image_size} px needs {sum(need) / 1e9:,.1f} GB to train on "
+                         f"even one image, more than the {avail / 1e9:.1f} GB of memory available: lower "
+                         f"--image-size or choose a smaller --arch")
+
+
+def _test_accs(model: nn.Module, test: Images, train: Images, device) -> tuple[float, float]:
+    """Test accuracy, and with flip test-time augmentation, normalised with the training statistics."""
+    batch = inference_batch(test.image_size, 1000)
+    return tuple(accuracy(model, test.batches(None, batch), test.labels, train.normalize, device, flip)
+                 for flip in (False, True))
 
 
 def _weights_per(paths: list[str], weights: list[str] | None) -> list[str | None]:

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +21,78 @@ import torch
 
 class DDKitError(Exception):
     """A user-facing problem (bad input, mismatch). The CLI prints it as one line and exits 2."""
+
+
+def error_line(e: BaseException) -> str | None:
+    """The one line the CLI prints for an error the user can act on (exit 2), or None for a bug (traceback):
+    a DDKitError; the file system saying no (OSError: disk full, permissions, a symlink loop); memory that
+    cannot be had (MemoryError, torch's allocator and CUDA out-of-memory errors, caught after the fact where a
+    size could not be checked before the work)."""
+    if isinstance(e, DDKitError):
+        return str(e)
+    if isinstance(e, OSError):  # "No space left on device: PATH", without the errno
+        return f"{e.strerror}{f': {e.filename}' if e.filename else ''}" if e.strerror else str(e)
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, MemoryError) or isinstance(e, torch.OutOfMemoryError) or (
+            isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)):
+        size = re.search(r"allocate (\d+) bytes", text) or re.search(r"allocate ([\d.]+ [GMK]iB)", text)
+        need = size.group(1) if size else ""
+        need = f"{int(need) / 1e9:.1f} GB" if need.isdigit() else need
+        return (f"out of memory{f' (an allocation of {need})' if need else ''}: lower the sizes that scale it "
+                f"(--ipc, --image-size, --batch-size, --classes-per-group) or use a machine with more memory")
+    return None
+
+
+def memory_available() -> int | None:
+    """Bytes of RAM available to a new allocation (Linux MemAvailable; else physical memory; None unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric flag, knob or protocol field, declared beside it (a Config's RANGES)
+    and checked in one place (parse_overrides, and the CLI's flag types). A tuple value is checked element
+    by element; `size` fixes its length and `ordered` asks for non-decreasing elements."""
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+    open_hi: bool = False
+    size: int | None = None
+    ordered: bool = False
+
+    def holds(self, v) -> bool:
+        if isinstance(v, tuple):
+            return ((self.size is None or len(v) == self.size) and all(map(self.holds, v))
+                    and (not self.ordered or list(v) == sorted(v)))
+        return ((self.lo is None or (v > self.lo if self.open_lo else v >= self.lo)) and
+                (self.hi is None or (v < self.hi if self.open_hi else v <= self.hi)))
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            what = f"above {self.lo:g}" if self.open_lo else f"at least {self.lo:g}"
+        elif self.lo is None:
+            what = f"below {self.hi:g}" if self.open_hi else f"at most {self.hi:g}"
+        else:
+            what = f"in {'(' if self.open_lo else '['}{self.lo:g}, {self.hi:g}{')' if self.open_hi else ']'}"
+        if self.size or self.ordered:
+            what = f"{self.size or ''} values each {what}".lstrip() + (", in increasing order" if self.ordered else "")
+        return what
+
+
+AT_LEAST_1 = Range(1)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, open_lo=True)
+FRACTION = Range(0, 1, open_hi=True)      # [0, 1)
+UNIT = Range(0, 1, open_lo=True)          # (0, 1]
 
 
 STOP = {"requested": False}  # set on SIGTERM: long loops save their state at the next step and exit
@@ -126,10 +199,12 @@ def cache_dir() -> Path:
 def check_output(path: str | os.PathLike, folder: bool = False) -> Path:
     """Refuse, before any work is done, an output path that cannot be written: an ancestor that is a file,
     a folder that is not writable, or a file where a folder is wanted (or the other way round)."""
+    if not str(path).strip():
+        raise DDKitError("the output path is empty: give a file or folder name")
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         raise DDKitError(f"cannot write {path}: it is a {'file' if folder else 'folder'}")
-    parent = next(p for p in path.parents if p.exists())  # the nearest existing ancestor
+    parent = next(p for p in path.absolute().parents if p.exists())  # the nearest existing ancestor
     if not parent.is_dir():
         raise DDKitError(f"cannot write {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -174,9 +249,45 @@ def load_torch(path: str | os.PathLike, what: str = "file", mmap: bool = False) 
         raise DDKitError(f"{path} is not a readable ddkit {what} ({first[:120]})") from e
 
 
+# what a class name may not hold as a folder name, and its escape ('%' too, so that every escape reads back)
+_ESCAPES = {"%": "%25", "/": "%2F", "\\": "%5C", "\0": "%00"}
+
+
+def class_dirname(name: str) -> str:
+    """The folder a class's images are written to: the name as it is (unicode and all) with only what could
+    leave the folder, or hide it, escaped: '%', '/', '\\', NUL and a leading '.' (so '..' and '.bird' are
+    plain folders); an empty name is '%'. `class_name` reads it back exactly."""
+    out = "".join(_ESCAPES.get(ch, ch) for ch in name) or "%"
+    return "%2E" + out[1:] if out.startswith(".") else out
+
+
+def class_name(dirname: str) -> str:
+    """The class a folder holds: the inverse of class_dirname (a folder ddkit did not write keeps its name
+    unless it holds one of those escapes)."""
+    return "" if dirname == "%" else re.sub(r"%(25|2[Ff]|5[Cc]|00|2[Ee])", lambda m: chr(int(m.group(1), 16)),
+                                             dirname)
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with every non-finite float (a NaN metric, an infinite loss) as None: JSON has no NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON (NaN and infinities as null) of results, configs and metrics: what every file and line
+    of JSON ddkit writes goes through."""
+    return json.dumps(json_safe(obj), indent=indent, default=str, allow_nan=False)
+
+
 def save_json(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+        tmp.write_text(to_json(obj, indent=2) + "\n")
 
 
 def asdict(cfg: Any) -> dict:
@@ -213,6 +324,9 @@ def parse_overrides(config_cls, overrides: dict[str, Any], base=None, what: str 
         allowed = getattr(config_cls, "CHOICES", {}).get(key)
         if allowed and val not in allowed:
             raise DDKitError(f"bad value {raw!r} for setting {key!r}; choose from {', '.join(allowed)}")
+        valid = getattr(config_cls, "RANGES", {}).get(key)
+        if valid is not None and not valid.holds(val):
+            raise DDKitError(f"bad value {raw!r} for setting {key!r} of {what}: expected {valid}")
         setattr(cfg, key, val)
     return cfg
 

@@ -71,12 +71,17 @@ class Method:
     def run(self, ctx: Context, classes: list[int]) -> Output:
         raise NotImplementedError
 
+    def images_needed(self, ipc: int, image_size: int) -> int:
+        """Real images each class must have (checked by the driver before any work): IPC for a method that
+        starts from (or picks) real images, 0 for one that starts from noise."""
+        return ipc
+
 
 def build_method(name: str, overrides: dict[str, str] | None = None) -> Method:
     if name not in METHODS:
         raise DDKitError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
     cls = METHODS[name]
-    return cls(parse_overrides(cls.Config, overrides or {}))
+    return cls(parse_overrides(cls.Config, overrides or {}, what=f"method {name}"))
 
 
 def need_images(ctx: Context, c: int, k: int) -> torch.Tensor:

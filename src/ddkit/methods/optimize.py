@@ -9,7 +9,7 @@ import torch
 from ..augment import random_flip, sample_boxes
 from ..engine import RecoverConfig, UniformSampler, data_bn_stats, recover
 from ..models import embed
-from ..utils import inference_batch
+from ..utils import AT_LEAST_1, NON_NEGATIVE, Range, inference_batch
 from . import Context, Method, Output, need_images, register
 
 
@@ -64,6 +64,9 @@ class SRe2L(Method):
         res, info = _recover(self, ctx, x0, y, classes)
         return Output(res.x.cpu(), y, info=info)
 
+    def images_needed(self, ipc: int, image_size: int) -> int:
+        return 0  # noise init
+
 
 def delt_rounds(ipc: int, iterations: int, round_iters: int) -> list[int]:
     """Round index of each of a class's IPC images: ipc // R per round, remainder to the earliest rounds."""
@@ -103,6 +106,10 @@ class DELT(Method):
         init: str = "medium"         # medium | lowest | highest | random | noise
         candidates: int = 0          # real images ranked per class (0 = the whole class)
         CHOICES = {**RecoverConfig.CHOICES, "init": ("medium", "lowest", "highest", "random", "noise")}
+        RANGES = {**RecoverConfig.RANGES, "round_iters": AT_LEAST_1, "candidates": NON_NEGATIVE}
+
+    def images_needed(self, ipc: int, image_size: int) -> int:
+        return 0 if self.cfg.init == "noise" else ipc
 
     @torch.no_grad()
     def _init(self, ctx: Context, c: int) -> torch.Tensor:
@@ -214,6 +221,10 @@ class E2D(Method):
         early_stop: bool = True
         init: str = "real"           # real (uniform random whole image, random flip) | noise
         CHOICES = {**RecoverConfig.CHOICES, "init": ("real", "noise")}
+        RANGES = {**RecoverConfig.RANGES, "explore_frac": Range(0, 1), "eps": NON_NEGATIVE}
+
+    def images_needed(self, ipc: int, image_size: int) -> int:
+        return 0 if self.cfg.init == "noise" else ipc
 
     def run(self, ctx: Context, classes: list[int]) -> Output:
         cfg, size = self.cfg, ctx.train.image_size

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..models import embed, import_extra
 from ..train import TrainConfig, fit
-from ..utils import DDKitError, cache_dir, load_torch, save_torch, stable_hash
+from ..utils import AT_LEAST_1, NON_NEGATIVE, UNIT, DDKitError, cache_dir, load_torch, save_torch, stable_hash
 from ..progress import steps
 from . import Context, Method, Output, diffusion, need_images, register
 
@@ -232,6 +232,10 @@ class DDOQ(Method):
         dtype: str = "auto"          # auto: fp16 on CUDA, fp32 on CPU | fp32 | fp16 | bf16 (CUDA only)
         CHOICES = {"decode": ("encoder", "medoid", "sd", "dit"), "dit_start": ("noised", "inverted"),
                    "dtype": ("auto", "fp32", "fp16", "bf16")}
+        RANGES = {"restarts": AT_LEAST_1, "max_samples": NON_NEGATIVE, "ae_epochs": AT_LEAST_1,
+                  "ae_latent_ch": AT_LEAST_1, "strength": UNIT, "steps": AT_LEAST_1, "sd_guidance": NON_NEGATIVE,
+                  "dit_guidance": NON_NEGATIVE, "invert_guidance": NON_NEGATIVE, "resolution": NON_NEGATIVE,
+                  "km_expand": AT_LEAST_1, "batch": AT_LEAST_1}
 
     def __init__(self, cfg=None):
         super().__init__(cfg)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import crop_resize, sample_boxes
-from ..utils import inference_batch
+from ..utils import AT_LEAST_1, NON_NEGATIVE, UNIT, inference_batch
 from . import Context, Method, Output, need_images, register
 
 
@@ -39,16 +39,25 @@ class RDED(Method):
         min_scale: float = 0.5
         factor: int = 0              # patches per side; 0 = 1 at <= 64 px, else 2
         batch_size: int = 500
+        RANGES = {"candidates": AT_LEAST_1, "crops": AT_LEAST_1, "min_scale": UNIT, "factor": NON_NEGATIVE,
+                  "batch_size": AT_LEAST_1}
+
+    def factor(self, size: int) -> int:
+        """Patches per side of a stitched image."""
+        return self.cfg.factor or (1 if size <= 64 else 2)
+
+    def images_needed(self, ipc: int, image_size: int) -> int:
+        return ipc * self.factor(image_size) ** 2  # each patch is the best crop of a different real image
 
     @torch.no_grad()
     def run(self, ctx: Context, classes: list[int]) -> Output:
         cfg, T = self.cfg, ctx.teacher
         size = ctx.train.image_size
-        f = cfg.factor or (1 if size <= 64 else 2)
+        f = self.factor(size)
         psize = size // f
         xs, ys = [], []
         for c in classes:
-            idx = need_images(ctx, c, ctx.ipc)
+            idx = need_images(ctx, c, ctx.ipc * f * f)
             cand = idx[torch.randperm(len(idx), generator=ctx.gen)[:max(cfg.candidates, ctx.ipc * f * f)]]
             imgs = ctx.real(cand)
             boxes = sample_boxes(len(cand) * cfg.crops, size, size, (cfg.min_scale, 1.0), generator=ctx.gen)
