@@ -52,7 +52,7 @@ def check_arch(arch: str) -> None:
 def train_bytes(arch: str, num_classes: int, image_size: int) -> tuple[int, int] | None:
     """(bytes per image of a training step, bytes of the weights, their gradients and momentum) of `arch`
     at `image_size`: every layer's output, kept for the backward pass, and a gradient of its size, an upper
-    bound (bench/train_memory.py, CPU: 203, 35 and 3.8 MB per image measured for convnet3 at 224 px, resnet18
+    bound (bench/throughput/train_memory.py, CPU: 203, 35 and 3.8 MB per image measured for convnet3 at 224 px, resnet18
     at 224 px and convnet3 at 32 px; 219, 60 and 4.5 estimated). Shapes only (the meta device): nothing is
     computed or allocated. None where a model cannot run on the meta device (a zoo model's own op): unknown."""
     with torch.device("meta"):
