@@ -1,5 +1,5 @@
 #!/bin/bash
-# CIFAR-10 IPC 50 under EDC's student protocol (issue 24): random real images and the two best IPC 10 methods
+# CIFAR-10 IPC 50 under EDC's student protocol: random real images and the two best IPC 10 methods
 # under `edc` (e2d, delt), distilled from the 82.6 % ConvNet-3 teacher at bench/cifar10/cifar10.py's budgets (draw 0);
 # ConvNet-3 students, soft labels, 1000 epochs, final EMA (eval_every=0: no test passes during training).
 # Resumable: a run's data.pt is kept, finished student seeds are stored in its metrics.json and skipped, and an

@@ -1,4 +1,4 @@
-"""Scale benchmark (issue 18): peak memory and time of the ddkit CLI on ImageNet-shaped folders, 10k -> 100k
+"""Scale benchmark: peak memory and time of the ddkit CLI on ImageNet-shaped folders, 10k -> 100k
 training images and 10 -> 1,000 classes, with a ResNet-18 at 224 px and tiny budgets.
 
     python bench/scale/scale.py                       # the CPU ladder (hours on 2 cores), results in bench/scale/results/scale/
