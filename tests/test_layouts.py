@@ -43,6 +43,8 @@ def test_index_named_classes_need_an_explicit_mapping_with_matching_counts(run, 
     (tmp_path / "short.json").write_text(json.dumps({"00000": "frog"}))
     with pytest.raises(DDKitError, match="no entry for"):
         read_set(out, CLASSES, class_map=tmp_path / "short.json")
+    # a dataset whose own class folders are named 00000, ... needs no option
+    assert read_set(out, ["00000", "00001", "00002"]).classes == ["00000", "00001", "00002"]
     mixed = write_indexed(read_run(run), tmp_path / "sre2l", "sre2l")
     (mixed / "extra").mkdir()   # a class folder that is not the layout's
     next(out.rglob("*.png")).rename(mixed / "extra" / "0.png")

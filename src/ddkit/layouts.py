@@ -7,7 +7,7 @@
 
 Classes named by index carry no names, and a wrong index-to-class mapping is the commonest cause of failed
 reproductions: they map onto the dataset's class order (index c = the dataset's c-th class) only when asked
-(`by_index`) and only when the counts agree; any other correspondence is a class-map file, JSON
+(`by_index`) and only when the counts agree, unless the dataset's own class folders carry those names; any other correspondence is a class-map file, JSON
 {"folder name or index": "class name"}, which also renames the classes of a name-labelled folder.
 Written images are lossless PNG (the peers write JPEG; their loaders read either).
 """
@@ -73,6 +73,8 @@ def read_set(path: str | os.PathLike, classes: list[str], layout: str = "auto", 
                              f"({INDEXED[layout][1].format(c=0)}, ...)")
     if mapping:
         return _rename(ds, mapping)
+    if not by_index and set(ds.classes) <= set(classes):   # the dataset's own folders are named so
+        return ds
     if not by_index:
         raise DDKitError(f"{path} names its classes by index ({layout} layout: {ds.classes[:2]}...); pass "
                          "--classes-by-index to map index c onto the dataset's c-th class, or --class-map FILE")
