@@ -5,7 +5,7 @@ with every result and part of its key: `soft` = KL to the teacher('s ensemble) o
 replayed from stored FKD labels; `hard` = cross-entropy on the class labels; per-image weights (DDOQ)
 scale the loss when present. The reported number is the final-epoch accuracy (of the weight EMA where the
 protocol keeps one: edc), mean ± std over seeds; a protocol whose paper reports its best epoch also records
-that (edc: only after 80 % of training), labelled as selected on the test set.
+that (edc and rded: only after 80 % of training), labelled as selected on the test set.
 Each finished (arch, seed) is stored at once, so a rerun skips it.
 """
 from __future__ import annotations
