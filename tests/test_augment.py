@@ -47,3 +47,29 @@ def test_randaugment_draws_are_reproducible_from_the_seed_and_the_same_on_every_
     assert not torch.equal(other, out) and not torch.equal(out, x)
     floats = rand_augment(x.float() / 255, v, slice(None))   # synthetic sets are floats in [0, 1]
     assert floats.dtype == torch.float32 and 0 <= floats.min() and floats.max() <= 1
+
+
+def test_torchvision_boxes_keep_their_ratio_and_fall_back_to_the_centre_as_torchvision():
+    from ddkit.augment import torchvision_boxes
+    g = torch.Generator().manual_seed(0)
+    b = torchvision_boxes(500, 24, 32, (0.08, 1.0), generator=g)
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    assert torch.equal(b, b.round()) and (b[:, :2] >= 0).all() and (b[:, 2] <= 32).all() and (b[:, 3] <= 24).all()
+    # the ratio and area drawn, up to the rounding of each side to whole pixels
+    assert (((w - 0.5) / (h + 0.5) <= 4 / 3) & ((w + 0.5) / (h - 0.5) >= 3 / 4)).all()
+    assert ((w + 0.5) * (h + 0.5) >= 0.08 * 24 * 32).all()
+    # scale (1, 1): every draw but the rare exact fit falls back to the whole image (RDED at factor 1)
+    assert torch.equal(torchvision_boxes(200, 32, 32, (1.0, 1.0), generator=g), torch.tensor([[0.0, 0, 32, 32]] * 200))
+    # an image wider than the ratios allow: the centred box of the largest allowed ratio
+    assert torchvision_boxes(3, 10, 40, (1.0, 1.0), (1.0, 2.0), generator=g).tolist() == [[10.0, 0, 30, 10]] * 3
+
+
+def test_shuffle_patches_reorders_column_and_row_strips():
+    from ddkit.augment import shuffle_patches
+    x = torch.arange(16.).view(1, 1, 4, 4)
+    swapped = shuffle_patches(x, torch.tensor([[[1, 0], [0, 1]]]))   # the two column strips swap places
+    assert swapped[0, 0].tolist() == [[2, 3, 0, 1], [6, 7, 4, 5], [10, 11, 8, 9], [14, 15, 12, 13]]
+    both = shuffle_patches(x, torch.tensor([[[1, 0], [1, 0]]]))
+    assert both[0, 0].tolist() == [[10, 11, 8, 9], [14, 15, 12, 13], [2, 3, 0, 1], [6, 7, 4, 5]]
+    odd = shuffle_patches(torch.arange(5.).view(1, 1, 1, 5), torch.tensor([[[1, 0], [0, 1]]]))
+    assert odd.flatten().tolist() == [2, 3, 4, 0, 1]   # the last strip takes the remainder

@@ -61,6 +61,37 @@ def test_rded_keeps_the_lowest_loss_crops(dataset, teacher_path, monkeypatch):
     assert torch.allclose(out.x.sort(0).values, best.sort(0).values, atol=1e-4)
 
 
+def test_rded_crops_scores_and_stitches_as_rdeds_code(dataset, teacher_path, monkeypatch):
+    import torch.nn.functional as F
+    from ddkit.augment import crop_resize, sample_boxes
+    cfg = build_method("rded").cfg   # RDED's CIFAR-10 script and MultiRandomCrop
+    assert (cfg.candidates, cfg.crops, cfg.min_scale, cfg.ratio, cfg.factor) == (300, 5, 0.08, (1.0, 1.0), 0)
+    seen = []
+
+    def spy(n, h, w, scale, ratio, **k):
+        seen.append((scale, ratio))
+        return sample_boxes(n, h, w, scale, ratio, **k)
+    monkeypatch.setattr("ddkit.methods.real.sample_boxes", spy)
+    build_method("rded", {"candidates": "4", "crops": "2"}).run(_ctx(dataset, teacher_path, ipc=1), [0])
+    assert seen == [((0.08, 1.0), (1.0, 1.0))]
+    # factor 2 with whole-image crops: each candidate scored at half size, zero-padded to the full size; grid
+    # cell k of image i is ranked crop k * IPC + i
+    monkeypatch.setattr("ddkit.methods.real.sample_boxes",
+                        lambda n, h, w, *a, **k: torch.tensor([[0.0, 0.0, w, h]]).expand(n, 4))
+    ctx = _ctx(dataset, teacher_path, ipc=2)
+    out = build_method("rded", {"candidates": "16", "crops": "1", "factor": "2"}).run(ctx, [1])
+    idx = ctx.train.class_indices(1)
+    x = ctx.real(idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))[:16]])
+    small = crop_resize(x, torch.tensor([[0.0, 0.0, 8.0, 8.0]]), 4)
+    ce = torch.nn.functional.cross_entropy(ctx.teacher(F.pad(small, (2, 2, 2, 2))), torch.ones(16, dtype=torch.long),
+                                           reduction="none")
+    ranked = small[ce.argsort()]
+    for i in range(2):
+        cells = [out.x[i, :, :4, :4], out.x[i, :, :4, 4:], out.x[i, :, 4:, :4], out.x[i, :, 4:, 4:]]
+        for k, cell in enumerate(cells):
+            torch.testing.assert_close(cell, ranked[k * 2 + i], atol=1e-5, rtol=0)
+
+
 def test_delt_schedule_and_medium_order():
     assert delt_rounds(10, 500, 100) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     assert delt_rounds(7, 300, 100) == [0, 0, 0, 1, 1, 2, 2]

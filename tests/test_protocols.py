@@ -28,6 +28,79 @@ def test_the_ddkit_preset_is_todays_student_recipe_and_keeps_its_result_keys():
     assert EvalConfig(teachers=("a", "b")).key("c") != EvalConfig().key("c")   # an ensemble is another labeler
 
 
+_PEER = {"lr": 1e-3, "weight_decay": 0.01, "batch_size": 0, "rrc_scale": (0.08, 1.0), "cutmix": 1.0,
+         "temperature": 20.0, "kl_t2": False, "test_resize": True}
+PINNED = {   # each preset's fields beyond ddkit's own defaults (docs/protocols/audit.md gives each one's source)
+    "ddkit": {},
+    "rded": {**_PEER, "schedule": "half_cosine", "lr_by_epoch": True, "bn_warm": True, "eval_every": 10,
+             "best_after": 0.8, "patch_factor": -1, "decay": "weights"},
+    "sre2l": {**_PEER, "lr_by_epoch": True, "soft_labels": "fkd"},
+    "ddranking": {**_PEER, "lr": 0.01, "batch_size": 256, "aug": "none", "test_resize": False, "eval_every": 20},
+    "edc": {"batch_size": 25, "schedule": "step", "lr_by_epoch": True, "rrc_scale": (0.08, 1.0), "randaug_ops": 2,
+            "soft_loss": "mse", "ce_weight": 0.025, "ema": 0.99, "test_resize": True, "eval_every": 10,
+            "best_after": 0.8},
+}
+
+
+def test_each_preset_pins_every_field():
+    import dataclasses
+    assert set(PINNED) <= set(PRESETS)
+    for name, fields in PINNED.items():
+        assert dataclasses.asdict(PRESETS[name]) == {**dataclasses.asdict(Protocol()), **fields, "name": name}, name
+    # ddkit's own protocol keeps the trainer's defaults for the fields added for the peers
+    t = PRESETS["ddkit"].train_config(300, 10, 10)
+    assert (t.patch_shuffle, t.rrc_exact, t.decay, t.bn_warm, t.rrc_scale) == (0, False, "all", False, (0.5, 1.0))
+
+
+def test_rded_views_follow_the_sets_stitching_factor():
+    # RDED's CIFAR-10 script: factor 1, RandomResizedCrop scale (1, 1): the whole image, flips only
+    f1 = preset("rded").train_config(300, 10, 10, set_factor=1)
+    assert (f1.rrc_scale, f1.patch_shuffle, f1.rrc_exact, f1.decay, f1.bn_warm) == ((1.0, 1.0), 0, True, "weights", True)
+    v = draw_views(f1.aug, 50, 32, 32, torch.Generator().manual_seed(0), f1.rrc_scale, cutmix=f1.cutmix,
+                   patches=f1.patch_shuffle, exact=f1.rrc_exact)
+    assert v.patches is None and torch.equal(v.boxes, torch.tensor([[0.0, 0, 32, 32]]).expand(50, 4))
+    x = torch.rand(50, 3, 32, 32)
+    torch.testing.assert_close(apply_views(x, v, slice(None)), torch.where(v.flips.view(-1, 1, 1, 1), x.flip(3), x))
+    # ImageNet's factor 2: ShufflePatches(2), then crops of at least half the area
+    f2 = preset("rded").train_config(300, 10, 10, set_factor=2)
+    assert (f2.rrc_scale, f2.patch_shuffle) == ((0.5, 1.0), 2)
+    assert preset("rded", {"patch_factor": "4"}).train_config(300, 10, 10, set_factor=2).rrc_scale == (0.25, 1.0)
+    assert preset("ddkit", {"patch_factor": "-1"}).train_config(300, 10, 10, set_factor=2).patch_shuffle == 2
+    with pytest.raises(DDKitError, match="'patch_factor' of protocol rded: expected at least -1"):
+        preset("rded", {"patch_factor": "-2"})
+
+
+def test_the_set_factor_is_the_rded_runs_own_else_by_resolution(tmp_path):
+    from ddkit.evaluate import stitch_factor
+    from ddkit.utils import save_json
+    assert (stitch_factor(None, 32), stitch_factor(None, 64), stitch_factor(None, 224)) == (1, 1, 2)
+    for method, factor, expect in (("rded", 3, 3), ("rded", 0, 2), ("random", 3, 2)):
+        save_json({"distill": {"method": method}, "method_config": {"factor": factor}}, tmp_path / "config.json")
+        assert stitch_factor(tmp_path, 224) == expect
+
+
+def test_rded_decays_conv_and_linear_weights_only():
+    from ddkit.train import param_groups
+    m = build_model("convnet3", 3, 8)
+    decayed, rest = param_groups(m, "weights")
+    assert decayed.keys() == {"params"} and rest["weight_decay"] == 0.0
+    assert {id(p) for p in decayed["params"]} == {id(p) for n, p in m.named_parameters() if p.dim() > 1}
+    assert len(rest["params"]) > 0 and all(p.dim() == 1 for p in rest["params"])   # biases and BN weights
+    assert [g["params"] for g in param_groups(m, "all")] == [list(m.parameters())]
+    # AdamW on a zero loss: only the decay moves a parameter, by the factor 1 - lr * wd
+    for rule in ("weights", "all"):
+        torch.manual_seed(0)
+        m = build_model("convnet3", 3, 8)
+        before = {n: p.detach().clone() for n, p in m.named_parameters()}
+        fit(m, torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]), lambda t: t,
+            TrainConfig(epochs=1, batch_size=4, aug="none", optimizer="adamw", lr=0.1, weight_decay=0.5, decay=rule,
+                        schedule="cosine"),
+            torch.device("cpu"), progress=False, loss_fn=lambda out, y: 0 * out.sum(1))
+        for n, p in m.named_parameters():
+            shrunk = rule == "all" or p.dim() > 1
+            torch.testing.assert_close(p.detach(), before[n] * (0.95 if shrunk else 1.0), msg=f"{rule} {n}")
+
+
 def test_presets_pin_their_schedules():
     rded = preset("rded").train_config(8, 10, 10)
     assert (rded.optimizer, rded.lr, rded.weight_decay, rded.temperature, rded.kl_t2, rded.cutmix) == \
@@ -60,9 +133,6 @@ def test_the_edc_preset_pins_its_schedule():
     assert [lr_factor(e1000, e, 0, 4) for e in (799, 800, 899, 900, 949, 950)] == [1, 0.5, 0.5, 0.25, 0.25, 0.125]
     p = PRESETS["edc"]
     assert (p.eval_every, p.best_after, p.test_resize, DEFAULT_EPOCHS) == (10, 0.8, True, {"edc": 1000})
-    # the other presets keep their loss, augmentation and weights: the new fields' defaults are ddkit's
-    assert all(not {"soft_loss", "ce_weight", "ema", "randaug_ops", "milestones", "best_after"} & set(q.changes())
-               for n, q in PRESETS.items() if n != "edc")
 
 
 def test_the_edc_loss_is_mse_on_the_logits_plus_0025_ce_on_the_sets_labels():
@@ -102,7 +172,7 @@ def test_fkd_label_stores_refuse_randaugment_views(tmp_path, eval_inputs):
     from ddkit.fkd import label_store
     test, teacher = eval_inputs
     cfg = preset("edc", {"soft_labels": "fkd"}).train_config(2, 2, 3)
-    with pytest.raises(DDKitError, match="do not record RandAugment"):
+    with pytest.raises(DDKitError, match="do not record RandAugment or ShufflePatches"):
         label_store(tmp_path, test.images, test.normalize, teacher, cfg, torch.device("cpu"), progress=False)
 
 
@@ -179,14 +249,16 @@ def test_hard_labels_under_cutmix_mix_the_two_classes_by_area():
     torch.testing.assert_close(losses[0], ref, atol=1e-5, rtol=1e-5)
 
 
-def test_bn_warm_adds_a_no_grad_forward_of_the_unmixed_views():
+def test_bn_warm_adds_a_no_grad_forward_of_the_mixed_batch():
     calls = []
     m = build_model("convnet3", 2, 8)
-    m.register_forward_hook(lambda mod, inp, out: calls.append(torch.is_grad_enabled()))
+    m.register_forward_hook(lambda mod, inp, out: calls.append((torch.is_grad_enabled(), inp[0].detach().clone())))
     x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 0, 1])
     fit(m, x, y, lambda t: t, TrainConfig(epochs=1, batch_size=2, aug="rrc", cutmix=1.0, bn_warm=True),
         torch.device("cpu"), progress=False)
-    assert calls == [False, True, False, True]
+    assert [grad for grad, _ in calls] == [False, True, False, True]
+    # RDED's cutmix writes into the batch in place before that forward: it sees what the step trains on
+    assert all(torch.equal(calls[i][1], calls[i + 1][1]) for i in (0, 2))
 
 
 def test_test_views_resize_then_centre_crop_and_are_identity_at_cifar_scale():

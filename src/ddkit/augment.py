@@ -35,6 +35,52 @@ def sample_boxes(n: int, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 
     return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
 
 
+def torchvision_boxes(n: int, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                      generator: torch.Generator | None = None, tries: int = 10) -> torch.Tensor:
+    """torchvision's RandomResizedCrop boxes for n images, as its get_params draws them: integer sides, the
+    first of `tries` (area, ratio) draws that fits, else the largest centred box within the ratio bounds.
+    Unlike sample_boxes (which clamps a side that does not fit) a box never changes its aspect ratio, and
+    at scale (1, 1) every box is the whole image: RDED's training views at stitching factor 1 (no crop)."""
+    u = torch.rand(n, tries, 2, generator=generator)
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    r = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[..., 1])
+    w, h = torch.sqrt(area * r).round(), torch.sqrt(area / r).round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.int().argmax(1, keepdim=True)   # the first try that fits
+    ok = fits.any(1)
+    in_ratio = width / height
+    fw, fh = ((width, round(width / min(ratio))) if in_ratio < min(ratio) else
+              (round(height * max(ratio)), height) if in_ratio > max(ratio) else (width, height))
+    w = torch.where(ok, w.gather(1, first).squeeze(1), torch.tensor(float(fw)))
+    h = torch.where(ok, h.gather(1, first).squeeze(1), torch.tensor(float(fh)))
+    pos = torch.rand(n, 2, generator=generator)
+    x1 = torch.where(ok, (pos[:, 0] * (width - w + 1)).floor(), ((width - w) / 2).floor())
+    y1 = torch.where(ok, (pos[:, 1] * (height - h + 1)).floor(), ((height - h) / 2).floor())
+    return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
+
+
+def default_stitch_factor(size: int) -> int:
+    """RDED's patches per side by resolution: 1 up to 64 px (its CIFAR and Tiny-ImageNet scripts), else 2."""
+    return 1 if size <= 64 else 2
+
+
+def shuffle_patches(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """RDED's ShufflePatches: image i's f column strips put in the order order[i, 0] and its f row strips
+    in the order order[i, 1] (order: [n, 2, f]; the last strip takes what f leaves of a side)."""
+    h, w = x.shape[-2:]
+    cols = torch.stack([_strips(w, o) for o in order[:, 0]]).to(x.device)
+    rows = torch.stack([_strips(h, o) for o in order[:, 1]]).to(x.device)
+    x = x.gather(3, cols[:, None, None, :].expand_as(x))
+    return x.gather(2, rows[:, None, :, None].expand_as(x))
+
+
+def _strips(size: int, order: torch.Tensor) -> torch.Tensor:
+    """Pixel indices of a side of `size` cut into len(order) strips, put in `order`."""
+    f = len(order)
+    bounds = [k * (size // f) for k in range(f)] + [size]
+    return torch.cat([torch.arange(bounds[k], bounds[k + 1]) for k in order.tolist()])
+
+
 def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Crop box i out of image i (or one box for all when boxes is [1, 4]) and resize to `size`.
 
@@ -117,6 +163,7 @@ class Views:
     mix_box: torch.Tensor | None = None   # [4] int64 (x1, y1, x2, y2) of the pasted patch
     ra_seeds: torch.Tensor | None = None  # [m] int64: the seed of each view's RandAugment ops and signs
     ra: tuple[int, int] = (0, 9)          # RandAugment (num_ops, magnitude)
+    patches: torch.Tensor | None = None   # [m, 2, f] RDED's ShufflePatches: column and row strip orders
 
     def mix_lam(self, h: int, w: int) -> float:
         """Fraction of each mixed view that is still its own image (CutMix's lambda)."""
@@ -125,12 +172,14 @@ class Views:
 
 
 def draw_views(aug: str, n: int, h: int, w: int, generator: torch.Generator | None = None,
-               scale=(0.5, 1.0), pad: int = 4, cutmix: float = 0.0, randaug: tuple[int, int] = (0, 9)) -> Views:
-    """Draw a batch's augmentation: `rrc` (RandomResizedCrop + flip), `translate` (pad-crop + flip) or
-    `none`, then CutMix (beta `cutmix` > 0: one box and one pairing for the batch, as RDED/SRe2L do), then
-    RandAugment (`randaug` = (num_ops > 0, magnitude): one seed per view, see rand_augment)."""
+               scale=(0.5, 1.0), pad: int = 4, cutmix: float = 0.0, randaug: tuple[int, int] = (0, 9),
+               patches: int = 0, exact: bool = False) -> Views:
+    """Draw a batch's augmentation: `rrc` (RandomResizedCrop + flip; `exact`: torchvision's boxes, see
+    torchvision_boxes), `translate` (pad-crop + flip) or `none`, then CutMix (beta `cutmix` > 0: one box and
+    one pairing for the batch, as RDED/SRe2L do), then RandAugment (`randaug` = (num_ops > 0, magnitude): one
+    seed per view, see rand_augment), then (`patches` = f > 1) RDED's ShufflePatches(f) before the crop."""
     if aug == "rrc":
-        v = Views(sample_boxes(n, h, w, scale, generator=generator))
+        v = Views((torchvision_boxes if exact else sample_boxes)(n, h, w, scale, generator=generator))
     elif aug == "translate":
         off = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).float()
         v = Views(torch.cat([off, off + torch.tensor([w, h])], 1), pad=pad)
@@ -148,6 +197,8 @@ def draw_views(aug: str, n: int, h: int, w: int, generator: torch.Generator | No
         v.mix_perm = torch.randperm(n, generator=generator)
     if randaug[0] > 0:  # drawn last: the other draws stay where they were without it
         v.ra_seeds, v.ra = torch.randint(2 ** 62, (n,), generator=generator), tuple(randaug)
+    if patches > 1:
+        v.patches = torch.rand(n, 2, patches, generator=generator).argsort(-1)
     return v
 
 
@@ -168,6 +219,8 @@ def rand_augment(x: torch.Tensor, v: Views, sel) -> torch.Tensor:
 def apply_views(x: torch.Tensor, v: Views, sel) -> torch.Tensor:
     """The un-mixed views of rows `sel` (slice or index tensor) of the batch; x holds exactly those rows."""
     h, w = x.shape[-2:]
+    if v.patches is not None:
+        x = shuffle_patches(x, v.patches[sel])
     if v.pad:
         x = F.pad(x, (v.pad,) * 4, mode="reflect")
     if v.boxes is not None:

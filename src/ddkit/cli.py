@@ -255,7 +255,7 @@ def cmd_evaluate(a) -> None:
         size = size or run_cfg.get("image_size")  # the resolution the set was distilled at, if one was set
         if not a.teacher:  # the run's teacher, with its weights
             a.teacher, a.teacher_weights = (listed(run_cfg.get(k)) or None for k in ("teacher", "teacher_weights"))
-        ds = read_run(run)
+        ds = read_run(run) if is_ddkit_run and not getattr(a, "class_map", None) else None  # its classes, checked
     if a.json is not None:
         check_output(a.json)
     test, teacher, teacher_ids = _load_eval_inputs(cfg_data, a.teacher, a.teacher_weights, dev, a.test_data,
@@ -269,6 +269,10 @@ def cmd_evaluate(a) -> None:
         results = evaluate_set(ds, test, teacher, cfg, dev, progress=not a.quiet)
         title = f"full real data ({len(train)} images)"
     else:
+        if ds is None:  # another tool's set (a peer's layout, a plain folder) or a renamed one
+            from .layouts import read_set
+            ds = read_set(a.run, test.classes, getattr(a, "layout", "auto"), getattr(a, "classes_by_index", False),
+                          getattr(a, "class_map", None), test.mean, test.std)
         t0 = time.time()
         results = evaluate_set(ds, test, teacher, cfg, dev, run=a.run if is_ddkit_run else None,
                                progress=not a.quiet)
@@ -356,6 +360,12 @@ def cmd_report(a) -> None:
 def cmd_export(a) -> None:
     from .rundir import export_ddranking, read_json, read_run
     from .teacher import load_teachers
+    if a.layout != "ddranking":
+        from .layouts import write_indexed
+        ds = read_run(a.run)
+        out = write_indexed(ds, check_output(a.out, folder=True), a.layout)
+        print(to_json({"export": str(out), "layout": a.layout, "classes": ds.classes}))
+        return
     config = read_json(Path(a.run) / "config.json")
     if not a.teacher:  # the run's teacher(s), with their weights
         a.teacher, a.teacher_weights = (config.get("distill", {}).get(k) for k in ("teacher", "teacher_weights"))
@@ -436,6 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     _teacher_args(p, "teacher for soft labels (default: the run's); several: the mean of their logits (they "
                   "must share classes and normalisation)", several=True)
     p.add_argument("--full", action="store_true", help="baseline: students on the full real training data")
+    p.add_argument("--layout", default="auto", choices=["auto", "ddkit", "folder", "ddranking", "rded", "sre2l"],
+                   help="the set's layout (auto: detected): a ddkit run, an ImageFolder, DD-Ranking's images.pt, "
+                   "RDED's 00000/..., SRe2L's new000/... (docs/guides/peer-layouts.md)")
+    p.add_argument("--classes-by-index", action="store_true", help="class folders (or tensor labels) named by "
+                   "index: index c is the dataset's c-th class; refused when the counts differ")
+    p.add_argument("--class-map", metavar="FILE", help="JSON {\"folder or index\": \"class name\"} naming the set's classes")
     p.add_argument("--subset", help="with --full: train on the kept samples of this index file")
     p.add_argument("--json", help="write results to this file")
     _eval_args(p)
@@ -484,9 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.set_defaults(fn=cmd_report)
 
-    p = sub.add_parser("export", help="write a run as DD-Ranking tensors (images.pt, labels.pt)")
+    p = sub.add_parser("export", help="write a run as DD-Ranking tensors (images.pt, labels.pt) or in RDED's or "
+                       "SRe2L's folder layout")
     p.add_argument("run")
     p.add_argument("--out", required=True)
+    p.add_argument("--layout", default="ddranking", choices=["ddranking", "rded", "sre2l"],
+                   help="ddranking: tensors; rded: 00000/class00000_id00000.png; sre2l: new000/class000_id000.png")
     _teacher_args(p, "teacher for soft labels (default: the run's)")
     p.set_defaults(fn=cmd_export)
 

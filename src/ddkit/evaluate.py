@@ -5,7 +5,7 @@ with every result and part of its key: `soft` = KL to the teacher('s ensemble) o
 replayed from stored FKD labels; `hard` = cross-entropy on the class labels; per-image weights (DDOQ)
 scale the loss when present. The reported number is the final-epoch accuracy (of the weight EMA where the
 protocol keeps one: edc), mean ± std over seeds; a protocol whose paper reports its best epoch also records
-that (edc: only after 80 % of training), labelled as selected on the test set.
+that (edc and rded: only after 80 % of training), labelled as selected on the test set.
 Each finished (arch, seed) is stored at once, so a rerun skips it.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from . import dist
+from .augment import default_stitch_factor
 from .data import Images
 from .fkd import label_store
 from .models import build_model
@@ -67,6 +68,14 @@ def align_classes(ds: DistilledSet, classes: list[str]) -> torch.Tensor:
                          f"{classes[:3]}...")
     lut = torch.tensor([index[c] for c in ds.classes])
     return lut[ds.labels]
+
+
+def stitch_factor(run: str | Path | None, image_size: int) -> int:
+    """Patches per side of a distilled set (RDED's training views shuffle them): an `rded` run's own factor
+    (its method_config; 0 there means by resolution), else RDED's convention by resolution."""
+    config = read_json(Path(run) / "config.json") if run else {}
+    own = config.get("method_config", {}).get("factor", 0) if config.get("distill", {}).get("method") == "rded" else 0
+    return own or default_stitch_factor(image_size)
 
 
 def summarize(accs: list[float]) -> dict:
@@ -133,7 +142,8 @@ def evaluate_set(ds: DistilledSet, test: Images, teacher: nn.Module | None, cfg:
         weights = ds.weights.float() * len(ds.weights) / ds.weights.float().sum()  # mean 1 over the set
     p = cfg.protocol
     ipc = round(len(labels) / len(labels.unique()))
-    tcfg = dataclasses.replace(p.train_config(cfg.epochs, ipc, len(test.classes)), amp=cfg.amp, compile=cfg.compile)
+    tcfg = dataclasses.replace(p.train_config(cfg.epochs, ipc, len(test.classes), stitch_factor(run, test.image_size)),
+                               amp=cfg.amp, compile=cfg.compile)
     fkd = cfg.label_mode == "soft" and p.soft_labels == "fkd"
     if fkd and not torch.is_tensor(ds.images):
         raise DDKitError("stored (FKD) soft labels need the images in memory: use --data-backend memory")

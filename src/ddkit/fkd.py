@@ -53,13 +53,14 @@ class LabelStore:
 def label_store(root: str | Path, images: torch.Tensor, normalize, teacher: nn.Module, cfg: TrainConfig,
                 device: torch.device, seed: int = 0, progress: bool = True) -> LabelStore:
     """The FKD store of (images, cfg's schedule, teacher, seed) under `root`, made or completed first."""
-    if cfg.randaug_ops:
-        raise DDKitError("FKD label stores do not record RandAugment draws; use soft_labels=online with RandAugment")
+    if cfg.randaug_ops or cfg.patch_shuffle:
+        raise DDKitError("FKD label stores do not record RandAugment or ShufflePatches draws; use soft_labels=online "
+                         "with them")
     n, hw = len(images), tuple(images.shape[-2:])
     bs = min(cfg.batch_size, n)
     manifest = {"format": FORMAT, "n": n, "batch_size": bs, "pad": max(1, hw[1] // 8) if cfg.aug == "translate"
                 else 0, "seed": seed, "images": tensor_hash(images), "teacher": model_hash(teacher),
-                **{k: getattr(cfg, k) for k in VIEW_FIELDS}}
+                **{k: getattr(cfg, k) for k in VIEW_FIELDS}, **({"rrc_exact": True} if cfg.rrc_exact else {})}
     folder = Path(root) / f"fkd-{stable_hash(manifest, 12)}"
     if dist.is_main():
         _relabel(folder, manifest, images, normalize, teacher, cfg, device, hw, progress)

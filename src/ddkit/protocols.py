@@ -5,11 +5,16 @@ much as on the images (docs/methods.md §6). Presets, each overridable field by 
 
 - `ddkit`: ddkit's own (AdamW 1e-3 cosine to 0 per step, batch 64, RRC(0.5-1)+flip, online KL at tau=4
   with the tau^2 factor, final epoch).
-- `rded`: RDED/DELT online: CutMix (beta 1) on every batch, the teacher labelling the mixed views, KL at
-  T=20 without T^2, AdamW 1e-3 wd 0.01, LR 0.5 (1 + cos(pi e / 2E)) set per epoch (ends at 0.5), batch by
-  IPC (`batch_size=0`: IPC1 -> 10, IPC10 -> 50, IPC50 -> 100, x2 from 100 classes), RRC(0.08-1)+flip,
-  test Resize(s // 7 * 8) + CenterCrop(s), the BN-statistics forward of the un-mixed views before each
-  step, best test accuracy every 10 epochs (recorded beside the final one, labelled as selected on test).
+- `rded`: RDED/DELT online (its `validation/main.py`): views ToTensor -> ShufflePatches(f) -> torchvision's
+  RandomResizedCrop scale (1/f, 1) -> flip, with f the set's stitching factor (an `rded` run's own; any other
+  set 1 at <= 64 px, 2 above; `--pset patch_factor=N`): at CIFAR's f = 1 no crop at all, flips only. CutMix
+  (beta 1) on every batch, the teacher labelling the mixed views, KL at T=20 without T^2, AdamW 1e-3 wd
+  0.01 on conv/linear weights only (its get_parameters: no decay on biases and BN weights), LR 0.5 (1 +
+  cos(pi e / 2E)) set per epoch (ends at 0.5), batch by IPC (`batch_size=0`: IPC1 -> 10, IPC10 -> 50,
+  IPC50 -> 100, x2 from 100 classes), test Resize(s // 7 * 8) + CenterCrop(s), a no-grad train-mode
+  forward of the mixed batch before each step (its BN-statistics quirk: its `cutmix` writes into the batch
+  in place), best test accuracy every 10 epochs after 80 % of training (recorded beside the final one,
+  labelled as selected on test).
 - `sre2l`: SRe2L's FKD: a relabel pass stores every epoch's batches, crops, flips, CutMix boxes and the
   teacher's fp16 logits in the run folder (ddkit.fkd); students replay them without a teacher. KL at T=20
   without T^2, AdamW 1e-3 wd 0.01, cosine set per epoch, RRC(0.08-1)+flip, CutMix beta 1.
@@ -27,7 +32,7 @@ much as on the images (docs/methods.md §6). Presets, each overridable field by 
   beside the final one (labelled as selected on test).
 
 Not given by the peers' descriptions and chosen by ddkit (state them with results): RRC scale (0.08, 1)
-(torchvision's default, which RDED's and SRe2L's code use) for rded/sre2l; the IPC batch rule for sre2l
+(torchvision's default, which SRe2L's code uses) for sre2l; the IPC batch rule for sre2l
 (SRe2L's ImageNet batch of 1024 would be one step per epoch at CIFAR IPC10); per-step cosine and no T^2
 for ddranking; IPC values between the table's rows take the next row down (IPC 5 -> 10). For edc: batch 25
 (ddkit's spec of EDC's CIFAR-10 runs; at IPC1 it is the whole 10-image set, as its CIFAR-10 script's batch
@@ -63,7 +68,7 @@ class Protocol:
     cutmix: float = 0.0             # CutMix beta on every batch; 0 = off
     temperature: float = 4.0
     kl_t2: bool = True              # multiply the soft-label KL by T^2
-    bn_warm: bool = False           # RDED: no-grad train-mode forward of the un-mixed views before each step
+    bn_warm: bool = False           # RDED: no-grad train-mode forward of the (mixed) batch before each step
     soft_labels: str = "online"     # online (teacher on every view) | fkd (stored views and logits, replayed)
     test_resize: bool = False       # test views Resize(s // 7 * 8) + CenterCrop(s) instead of as stored
     eval_every: int = 0             # > 0: also test every N epochs; the best is reported as selected on test
@@ -74,16 +79,20 @@ class Protocol:
     ema: float = 0.0                # > 0: an EMA of the weights with this decay is trained along and tested
     randaug_ops: int = 0            # torchvision RandAugment(ops, magnitude) per image before the crop; 0 = off
     randaug_magnitude: int = 9
+    patch_factor: int = 0           # RDED's views: ShufflePatches(f), then RRC scale (1/f, rrc_scale[1]) drawn as
+    #                                 torchvision does; 0 = off, -1 = the set's stitching factor (see train_config)
+    decay: str = "all"              # weight decay on all parameters | weights (conv/linear weights only: RDED)
 
     CHOICES: ClassVar[dict] = {"schedule": ("cosine", "half_cosine", "onecycle", "step"), "aug": ("rrc", "none"),
                                "soft_labels": ("online", "fkd"), "optimizer": ("adamw", "sgd"),
-                               "soft_loss": ("kl", "mse")}
+                               "soft_loss": ("kl", "mse"), "decay": ("all", "weights")}
     # valid values of the numeric fields, checked when a protocol is built from --pset (and the flags that set them)
     RANGES: ClassVar[dict] = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "batch_size": NON_NEGATIVE,
                               "rrc_scale": Range(0, 1, open_lo=True, size=2, ordered=True), "cutmix": NON_NEGATIVE,
                               "temperature": POSITIVE, "eval_every": NON_NEGATIVE, "best_after": FRACTION,
                               "milestones": Range(0, 1, open_lo=True, ordered=True), "ce_weight": NON_NEGATIVE,
-                              "ema": FRACTION, "randaug_ops": NON_NEGATIVE, "randaug_magnitude": Range(0, 30)}
+                              "ema": FRACTION, "randaug_ops": NON_NEGATIVE, "randaug_magnitude": Range(0, 30),
+                              "patch_factor": Range(-1)}   # -1: the set's stitching factor, 0: off, f: f x f patches
     # ddkit's EvalConfig had these three as its own fields: keys of results made with only them changed
     # stay what they were (see EvalConfig.key)
     LEGACY: ClassVar[tuple] = ("batch_size", "lr", "temperature")
@@ -95,10 +104,15 @@ class Protocol:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name != "name" and getattr(self, f.name) != getattr(base, f.name)}
 
-    def train_config(self, epochs: int, ipc: int, num_classes: int) -> TrainConfig:
+    def train_config(self, epochs: int, ipc: int, num_classes: int, set_factor: int = 1) -> TrainConfig:
+        """The trainer's config; `set_factor`: the distilled set's stitching factor, which patch_factor=-1 takes
+        (evaluate.stitch_factor: an rded run's own, else by resolution)."""
+        f = set_factor if self.patch_factor == -1 else self.patch_factor
+        scale = (1 / f, self.rrc_scale[1]) if f else tuple(self.rrc_scale)
         return TrainConfig(epochs=epochs, batch_size=self.batch_size or ipc_batch_size(ipc, num_classes),
                            optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
-                           schedule=self.schedule, aug=self.aug, rrc_scale=tuple(self.rrc_scale),
+                           schedule=self.schedule, aug=self.aug, rrc_scale=scale, patch_shuffle=f if f > 1 else 0,
+                           rrc_exact=f > 0, decay=self.decay,
                            temperature=self.temperature, lr_by_epoch=self.lr_by_epoch, cutmix=self.cutmix,
                            kl_t2=self.kl_t2, bn_warm=self.bn_warm, milestones=tuple(self.milestones),
                            soft_loss=self.soft_loss, ce_weight=self.ce_weight, ema=self.ema,
@@ -109,7 +123,8 @@ _PEER = dict(lr=1e-3, weight_decay=0.01, batch_size=0, rrc_scale=(0.08, 1.0), cu
              kl_t2=False, test_resize=True)
 PRESETS: dict[str, Protocol] = {
     "ddkit": Protocol(),
-    "rded": Protocol(name="rded", schedule="half_cosine", lr_by_epoch=True, bn_warm=True, eval_every=10, **_PEER),
+    "rded": Protocol(name="rded", schedule="half_cosine", lr_by_epoch=True, bn_warm=True, eval_every=10,
+                     best_after=0.8, patch_factor=-1, decay="weights", **_PEER),
     "sre2l": Protocol(name="sre2l", schedule="cosine", lr_by_epoch=True, soft_labels="fkd", **_PEER),
     "ddranking": Protocol(name="ddranking", schedule="cosine", eval_every=20,
                           **{**_PEER, "lr": 0.01, "batch_size": 256, "aug": "none", "test_resize": False}),

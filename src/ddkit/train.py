@@ -63,18 +63,22 @@ class TrainConfig:
     lr_by_epoch: bool = False       # LR set once per epoch (the peers' per-epoch LambdaLR), not per step
     cutmix: float = 0.0             # CutMix beta on every batch (0 = off)
     kl_t2: bool = True              # soft-label KL times tau^2 (Hinton); RDED/SRe2L leave it out
-    bn_warm: bool = False           # RDED quirk: a no-grad train-mode forward of the un-mixed views first
+    bn_warm: bool = False           # RDED quirk: a no-grad train-mode forward of the (mixed) views first
     milestones: tuple[float, ...] = (0.8, 0.9, 0.95)  # fractions of training where `step` halves the LR
     soft_loss: str = "kl"           # kl (soft_kl) | mse (EDC: mean squared difference of the logits, no tau)
     ce_weight: float = 0.0          # + this times cross-entropy on the set's labels, with soft labels (EDC 0.025)
     ema: float = 0.0                # decay of an EMA of the weights, tested instead of them (0 = none; EDC 0.99)
     randaug_ops: int = 0            # torchvision RandAugment ops per view, before the crop (0 = off; EDC 2)
     randaug_magnitude: int = 9
+    patch_shuffle: int = 0          # f > 1: RDED's ShufflePatches(f) on each stored image before the crop
+    rrc_exact: bool = False         # RandomResizedCrop boxes as torchvision draws them (augment.torchvision_boxes)
+    decay: str = "all"              # weight decay on all parameters | weights (RDED/SRe2L: see param_groups)
     compile: bool = False           # torch.compile the model trained and the online teacher
 
 
 _ADDED = {"lr_by_epoch": False, "cutmix": 0.0, "kl_t2": True, "bn_warm": False, "milestones": (0.8, 0.9, 0.95),
-          "soft_loss": "kl", "ce_weight": 0.0, "ema": 0.0, "randaug_ops": 0, "randaug_magnitude": 9}
+          "soft_loss": "kl", "ce_weight": 0.0, "ema": 0.0, "randaug_ops": 0, "randaug_magnitude": 9,
+          "patch_shuffle": 0, "rrc_exact": False, "decay": "all"}
 
 
 def config_id(cfg: TrainConfig) -> dict:
@@ -124,7 +128,7 @@ def epoch_views(cfg: TrainConfig, n: int, bs: int, hw: tuple[int, int], gen: tor
         batch = perm[b:b + bs]
         # translate: 4 px at 32 px, as airbench
         yield batch, draw_views(cfg.aug, len(batch), *hw, gen, cfg.rrc_scale, max(1, hw[1] // 8), cfg.cutmix,
-                                (cfg.randaug_ops, cfg.randaug_magnitude)), None
+                                (cfg.randaug_ops, cfg.randaug_magnitude), cfg.patch_shuffle, cfg.rrc_exact), None
 
 
 def render(images: torch.Tensor, normalize, batch: torch.Tensor, v: Views, sel) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,6 +163,19 @@ def weight_ema(model: nn.Module, decay: float) -> AveragedModel:
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
     ema.update_parameters(model)  # the first update copies
     return ema
+
+
+def param_groups(model: nn.Module, decay: str) -> list[dict]:
+    """The optimizer's parameter groups: one (`all`: weight decay on every parameter), or (`weights`) RDED's
+    and SRe2L's `get_parameters`: decay on parameters named *weight* with two or more dimensions (conv and
+    linear weights), none on biases and normalisation weights."""
+    if decay == "all":
+        return [{"params": list(model.parameters())}]
+    if decay != "weights":
+        raise DDKitError(f"unknown weight-decay rule {decay!r}; choose all or weights")
+    named = list(model.named_parameters())
+    return [{"params": [p for n, p in named if "weight" in n and p.dim() > 1]},
+            {"params": [p for n, p in named if not ("weight" in n and p.dim() > 1)], "weight_decay": 0.0}]
 
 
 def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
@@ -214,8 +231,9 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
     if teacher is not None:
         teacher.to(device).eval().to(memory_format=mf)
     stream = not torch.is_tensor(images)  # a StreamData (ddkit.stream) decodes and augments its own views
-    if stream and (cfg.cutmix or labels_from is not None):
-        raise DDKitError(f"{desc}: CutMix and stored labels need the images in memory (--data-backend memory)")
+    if stream and (cfg.cutmix or cfg.patch_shuffle or labels_from is not None):
+        raise DDKitError(f"{desc}: CutMix, ShufflePatches and stored labels need the images in memory "
+                         "(--data-backend memory)")
     hw = (images.image_size,) * 2 if stream else tuple(images.shape[-2:])
     images, labels = images if stream else images.to(device), labels.to(device)
     w = weights.to(device).float() if weights is not None else None
@@ -225,9 +243,10 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
     if n - (steps_per_epoch - 1) * bs < world:  # the last, smallest batch
         raise DDKitError(f"{desc}: a batch of {n - (steps_per_epoch - 1) * bs} images cannot be split over "
                          f"{world} processes; run with fewer")
-    opt = (torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
+    groups = param_groups(model, cfg.decay)
+    opt = (torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True,
                            weight_decay=cfg.weight_decay) if cfg.optimizer == "sgd" else
-           torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
+           torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay))
     ema = weight_ema(model, cfg.ema) if cfg.ema else None
     prec = mixed_precision(device, cfg.amp)
     configure(device)
@@ -266,15 +285,15 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(cfg, epoch, b, steps_per_epoch)
             if stream:  # `views` holds this rank's rows, decoded and augmented by the loader's workers
-                x = plain = normalize(views.to(device, non_blocking=True))
+                x = normalize(views.to(device, non_blocking=True))
                 views = Views()
             else:
-                x, plain = render(images, normalize, batch, views, rows)
+                x, _ = render(images, normalize, batch, views, rows)
             x = x.contiguous(memory_format=mf)
             with prec.autocast():
-                if cfg.bn_warm:
+                if cfg.bn_warm:  # RDED: of the mixed batch, since its CutMix writes into the batch in place
                     with torch.no_grad():
-                        net(plain.contiguous(memory_format=mf))
+                        net(x)
                 out = net(x)
                 if stored is not None or teacher is not None:
                     with torch.no_grad():
