@@ -3,9 +3,9 @@
 The corrected preset trains on RDED's own views (ShufflePatches and RandomResizedCrop scale (1/f, 1) from the
 set's stitching factor: at CIFAR's f = 1 flips only, no crop), warms BatchNorm on the mixed batch and leaves
 biases and BatchNorm weights out of weight decay (docs/protocols/audit.md). Each set is distilled again with
-bench/cifar10.py's recipe and budgets (the rded sets with the rded method's settings of that time: crops of
+bench/cifar10/cifar10.py's recipe and budgets (the rded sets with the rded method's settings of that time: crops of
 scale 0.5-1 at ratio 3/4-4/3, `rded_old`), checked against the stored row's teacher-feature fingerprint
-(diversity_cos, bench/results/cifar10_protocols/<tag>.json), and its students are stored in its run folder
+(diversity_cos, bench/protocols/results/cifar10_protocols/<tag>.json), and its students are stored in its run folder
 (resumable: finished seeds are kept, the seed in progress checkpoints). Seeds run outermost, so every set
 gets a first student before any gets a second. Results: bench/presets/rded_preset.json.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCH = HERE.parent
-sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH / "cifar10"))
 
 from cifar10 import BUDGETS  # noqa: E402  (the README sets' synthesis budgets)
 from ddkit.data import load_data  # noqa: E402
@@ -37,7 +37,7 @@ from ddkit.utils import resolve_device, save_json, tune_malloc  # noqa: E402
 SETS = {"random": ("random", {}), "rded_old": ("rded", {"min_scale": "0.5", "ratio": "0.75,1.3333333333333333"}),
         "rded": ("rded", {}), "e2d": ("e2d", BUDGETS["e2d"]), "delt": ("delt", BUDGETS["delt"]),
         "sre2l": ("sre2l", BUDGETS["sre2l"])}
-STORED = BENCH / "results" / "cifar10_protocols"   # the README's rows (read only)
+STORED = BENCH / "protocols" / "results" / "cifar10_protocols"   # the README's rows (read only)
 
 
 def stored_tag(name: str, draw: int) -> str:
