@@ -39,5 +39,5 @@ def test_the_margin_is_taken_per_draw_then_averaged_and_n_counts_every_student()
     assert d["random"]["n"] == 3 and d["e2d"]["n"] == 2 and d["margin_draws"] == 2
     assert d["margin"] == pytest.approx(((45 - 41) + (49 - 50)) / 2)
     assert rows["edc300"]["margin"] is None and rows["edc300"]["e2d"] is None
-    table = study.markdown(list(rows.values()), students)
+    table = study.markdown(list(rows.values()), students, [])
     assert "| ddkit | ddkit | – | 44.00 ± 5.29 (n=3) | 47.00 ± 2.83 (n=2) | +1.50 | 2 |" in table
