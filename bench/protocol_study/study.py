@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import math
 import multiprocessing as mp
-import os
 import statistics
 import subprocess
 import time
@@ -40,7 +39,7 @@ from ddkit.protocols import Protocol, preset
 from ddkit.rundir import read_json, read_run
 from ddkit.teacher import load_checkpoint
 from ddkit.train import accuracy, fit
-from ddkit.utils import atomic_path, inference_batch, resolve_device, save_json, tune_malloc
+from ddkit.utils import atomic_path, inference_batch, save_json, tune_malloc
 
 HERE = Path(__file__).resolve().parent
 BENCH = HERE.parent
@@ -205,8 +204,8 @@ def grid_rows(sets: dict) -> list[dict]:
     for name, epochs, steps, bs in (("ddkit", 300, 2, 64), ("rded", 300, 2, 50), ("edc", 1000, 4, 25)):
         cells = {m: grid[m].get("results", {}).get(f"{name}/soft") for m in SETS}
         if same and all(cells.values()):
-            rows.append({"variant": f"{name}, {epochs} epochs (earlier grid)", "epochs": epochs, "steps": steps * epochs,
-                         "batch_size": bs, "margin": round(cells["e2d"]["mean"] - cells["random"]["mean"], 2),
+            rows.append({"variant": f"{name}, {epochs} epochs (earlier grid)", "epochs": epochs,
+                         "steps": steps * epochs, "batch_size": bs, "margin": round(cells["e2d"]["mean"] - cells["random"]["mean"], 2),
                          "wall_s_per_student": cells["e2d"]["wall_s_per_seed"],
                          **{m: {k: cells[m][k] for k in ("mean", "std", "n")} for m in SETS}})
     return rows
@@ -229,8 +228,8 @@ def markdown(rows: list[dict], results: list[dict], grid: list[dict]) -> str:
                      f"| {r['margin_draws']} | {EPOCHS} × {r['steps'] // EPOCHS} = {r['steps']} steps "
                      f"(batch {r['batch_size']}) | {r['wall_s_per_student']:.0f} |")
     for g in grid:
-        lines.append(f"| {g['variant']} | – | – | {cell(g['random'])} | {cell(g['e2d'])} | {g['margin']:+.2f} | 1 | "
-                     f"{g['epochs']} × {g['steps'] // g['epochs']} = {g['steps']} steps (batch {g['batch_size']}) | "
+        lines.append(f"| {g['variant']} | – | – | {cell(g['random'])} | {cell(g['e2d'])} | {g['margin']:+.2f} | 1 "
+                     f"| {g['epochs']} × {g['steps'] // g['epochs']} = {g['steps']} steps (batch {g['batch_size']}) | "
                      f"{g['wall_s_per_student']:.0f} |")
     prints = sorted({(r["set"], r["set_fingerprint"]) for r in results})
     lines += ["", "CIFAR-10 IPC 10, ConvNet-3 teacher (bench/teacher_convnet3_cifar10.pt) and ConvNet-3 students, "
@@ -306,7 +305,6 @@ def main():
     ap.add_argument("--table-only", action="store_true")
     a = ap.parse_args()
     if not a.table_only:
-        resolve_device("cpu")
         a.commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                   text=True).stdout.strip()
         torch.set_num_threads(2)
@@ -328,5 +326,4 @@ def main():
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()
