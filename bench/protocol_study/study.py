@@ -205,7 +205,8 @@ def grid_rows(sets: dict) -> list[dict]:
         cells = {m: grid[m].get("results", {}).get(f"{name}/soft") for m in SETS}
         if same and all(cells.values()):
             rows.append({"variant": f"{name}, {epochs} epochs (earlier grid)", "epochs": epochs,
-                         "steps": steps * epochs, "batch_size": bs, "margin": round(cells["e2d"]["mean"] - cells["random"]["mean"], 2),
+                         "steps": steps * epochs, "batch_size": bs,
+                         "margin": round(cells["e2d"]["mean"] - cells["random"]["mean"], 2),
                          "wall_s_per_student": cells["e2d"]["wall_s_per_seed"],
                          **{m: {k: cells[m][k] for k in ("mean", "std", "n")} for m in SETS}})
     return rows
