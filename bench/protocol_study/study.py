@@ -267,8 +267,8 @@ def figure(rows: list[dict], grid: list[dict], path: Path) -> None:
     ax.set_xlim(max(0, lo - 10), 85)
     ax.set_xlabel("CIFAR-10 test accuracy % (final epoch); text: e2d − random (n random / e2d)")
     ax.legend(loc="lower right", fontsize=7)
-    ax.set_title("Student protocols: random real vs e2d, CIFAR-10 IPC 10, ConvNet-3 (300 epochs unless named); "
-                 "mean ± std over students", fontsize=9)
+    ax.set_title("Student protocols, CIFAR-10 IPC 10, ConvNet-3: random real vs e2d\n"
+                 "(300 epochs unless named; mean ± std over students)", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
