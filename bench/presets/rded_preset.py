@@ -60,7 +60,7 @@ def row(name: str, draw: int, run: Path, cfg: EvalConfig) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="/work/shared/datasets/cifar10")
+    ap.add_argument("--data", default=str(BENCH.parent.parent / "shared" / "datasets" / "cifar10"))
     ap.add_argument("--teacher", default=str(BENCH / "teacher_convnet3_cifar10.pt"))
     ap.add_argument("--sets", nargs="+", default=["random", "rded_old"], choices=list(SETS))
     ap.add_argument("--draws", nargs="+", type=int, default=[0, 1])

@@ -2,7 +2,7 @@
 
 CIFAR-10 IPC 10, ConvNet-3 teacher (bench/teacher_convnet3_cifar10.pt) and ConvNet-3 students, soft labels
 from the teacher online. Two sets per synthesis draw: random real images (`ddkit distill --method random`)
-and e2d (`ddkit distill --method e2d --set iterations=200`, bench/cifar10.py's budget). Variants: today's
+and e2d (`ddkit distill --method e2d --set iterations=200`, bench/cifar10/cifar10.py's budget). Variants: today's
 default (`ddkit`), EDC's protocol shortened to 300 epochs (`edc300`), and one ingredient changed at a time
 from either (VARIANTS, in the order they are run). Every variant is tested at its final epoch only
 (eval_every=0: no best-epoch record, which costs test passes and is selected on the test set anyway).
@@ -46,7 +46,7 @@ BENCH = HERE.parent
 REPO = BENCH.parent
 EPOCHS = 300
 ARCH = "convnet3"
-SETS = {"random": {}, "e2d": {"iterations": "200"}}   # method -> synthesis settings (bench/cifar10.py's budget)
+SETS = {"random": {}, "e2d": {"iterations": "200"}}   # method -> synthesis settings (bench/cifar10/cifar10.py's budget)
 _EDC300 = {"eval_every": "0"}   # edc's preset at 300 epochs: its LR steps are fractions of training, so they scale
 # name -> (base preset, overrides), in the order the screen runs them (the most informative first)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -74,8 +74,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "ddkit+kl_t20_t2": ("ddkit", {"temperature": "20"}),
     "ddkit+lr2e-3": ("ddkit", {"lr": "2e-3"}),
 }
-# the earlier grid's edc cells at 1000 epochs (same teacher, student and set recipe; bench/protocols.py)
-GRID = BENCH / "results" / "cifar10_protocols"
+# the earlier grid's edc cells at 1000 epochs (same teacher, student and set recipe; bench/protocols/protocols.py)
+GRID = BENCH / "protocols" / "results" / "cifar10_protocols"
 
 
 def protocol(variant: str) -> Protocol:
@@ -193,9 +193,9 @@ def summary(results: list[dict]) -> list[dict]:
 
 
 def grid_rows(sets: dict) -> list[dict]:
-    """The earlier grid's cells (bench/protocols.py: 3 student seeds each) for the study's draw-0 sets, where
+    """The earlier grid's cells (bench/protocols/protocols.py: 3 student seeds each) for the study's draw-0 sets, where
     they are the same images: the teacher-feature diversity of both sets within 5e-4 of the grid's (the
-    criterion of bench/protocols.py's same_set)."""
+    criterion of bench/protocols/protocols.py's same_set)."""
     rows = []
     grid = {m: read_json(GRID / f"{m}_ipc10.json") for m in SETS}
     same = all(sets.get(set_tag(m, 0), {}).get("diversity_cos") is not None and grid[m].get("diversity_cos")
@@ -241,8 +241,8 @@ def markdown(rows: list[dict], results: list[dict], grid: list[dict]) -> str:
               "shared with other jobs (an upper bound, for comparing variants with each other).",
               "", "Sets (pixel fingerprints): " + ", ".join(f"{s} {h}" for s, h in prints) + "."]
     if grid:
-        lines += ["Earlier-grid rows: bench/results/cifar10_protocols (bench/protocols.py; the ddkit cells from "
-                  "bench/cifar10.py) on the same draw-0 sets (teacher-feature diversity equal within 5e-4), 3 "
+        lines += ["Earlier-grid rows: bench/protocols/results/cifar10_protocols (bench/protocols/protocols.py; the ddkit cells "
+                  "from bench/cifar10/cifar10.py) on the same draw-0 sets (teacher-feature diversity equal within 5e-4), 3 "
                   "student seeds each; `rded` is the preset before its correction to RDED's code; their wall "
                   "times were measured there, under other loads."]
     return "\n".join(lines)
@@ -295,7 +295,7 @@ def write_outputs(out: Path, runs: Path) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REPO.parent.parent / "shared" / "datasets" / "cifar10"))
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "cifar10"))
     ap.add_argument("--teacher", type=Path, default=BENCH / "teacher_convnet3_cifar10.pt")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--draws", type=int, nargs="+", default=[0], help="synthesis draws (seeds) of both sets")
