@@ -163,7 +163,12 @@ def stats_key(data, teacher: nn.Module, scale: tuple[float, float], seed: int) -
                                                      "patch": PATCH}}
 
 
-def _views(data, idx: torch.Tensor, batch: int, scale, seed: int, device):
+def class_seed(seed: int, c: int) -> int:
+    """The seed of class c's views: from the squeeze's seed and the class alone (never the rank)."""
+    return int(stable_hash([seed, c], 12), 16) % 2 ** 62
+
+
+def views(data, idx: torch.Tensor, batch: int, scale, seed: int, device):
     """One RandomResizedCrop(scale) + flip view per sample of `idx` (uint8 on the device), drawn from `seed`
     alone: the stream decodes them from the original photo, memory crops the stored image."""
     from .stream import StreamData  # the data backends sit beside this module
@@ -191,7 +196,7 @@ def _class_rows(model, layers, layout: Layout, data, idx, scale, seed, device) -
     feats: dict = {}
     hooks = [m.register_forward_hook(_keep(feats, k)) for found in layers for m, k in found]
     try:
-        for x in _views(data, idx, inference_batch(data.image_size, 256), scale, seed, device):
+        for x in views(data, idx, inference_batch(data.image_size, 256), scale, seed, device):
             x = data.normalize(x).contiguous(memory_format=torch.channels_last)
             for member, found, mspans in zip(members(model), layers, spans):
                 feats.clear()
@@ -241,8 +246,7 @@ def squeeze(model: nn.Module, data, folder: str | Path | None = None, root: str 
     for c in steps(0, len(todo), "squeeze statistics", enabled=progress):
         cls = todo[c]
         idx = data.class_indices(cls)
-        sums = _class_rows(model, layers, stats.layout, data, idx, scale,
-                           int(stable_hash([seed, cls], 12), 16) % 2 ** 62, device)
+        sums = _class_rows(model, layers, stats.layout, data, idx, scale, class_seed(seed, cls), device)
         save_torch({"stats": (sums / len(idx)).float().cpu(), "n": len(idx)}, folder / f"class_{cls:05d}.pt")
     dist.barrier()
     if dist.is_main():
