@@ -209,7 +209,9 @@ class EDCStatLoss:
     def _hook(self, module, inputs, output):
         lid, kind, parts, mult = self.info[module]
         with torch.autocast(inputs[0].device.type, enabled=False):  # fp32 statistics under mixed precision
-            a = (inputs[0] if kind == "bn" else output).float()
+            # a Conv output may be overwritten next by an in-place activation (AlexNet's ReLU, EfficientNet's SE
+            # SiLU) before the backward needs it: statistics are taken of a copy
+            a = inputs[0].float() if kind == "bn" else output.to(torch.float32, copy=True)
             stats = [BatchStats.apply(a)]
             if kind == "conv":
                 v, m = torch.var_mean(patches(a), dim=(0, 1, 3, 5), correction=0)
