@@ -10,7 +10,8 @@ Sections:
 - methods: `ddkit distill` of every registered method on a generated 4-class 32 px folder with a random ConvNet-3
   teacher, under the device's default precision (bf16 autocast on CUDA); e2d and edc again with `compile`.
 - e2d_paper: the five torchvision architectures E2D recovers with (resnet18, mobilenet_v2, efficientnet_b0,
-  shufflenet_v2_x0_5, alexnet; random weights, 10 classes; --tiny: efficientnet_b0 and alexnet at 64 px) at 224 px: the squeeze statistics pass (time, and
+  shufflenet_v2_x0_5, alexnet; random weights, 10 classes) at 224 px (--tiny: efficientnet_b0 and alexnet at
+  64 px): the squeeze statistics pass (time, and
   the bytes one class's statistics take for the five: what 1,000 ImageNet classes need, x 1000) and
   `e2d --set recipe=paper` on 80 images (E2D's batch) for 200 iterations: seconds per image-iteration.
 - student: ddkit.train.fit of a torchvision ResNet-18 at 224 px with the e2d protocol's settings (teacher
@@ -118,7 +119,8 @@ def section_e2d_paper(device, tiny: bool, work: Path) -> dict:
             "squeeze_wall_s": round(squeeze_s, 2), "squeeze_images": len(data),
             "squeeze_s_per_image": squeeze_s / len(data), "stats_dims": st.layout.size,
             "stats_bytes_per_class": per_class, "stats_gb_for_1000_classes": round(per_class * 1000 / 1e9, 3),
-            "hard_after_explore": info["hard_after_explore"], "curve_last": {k: v[-1] for k, v in info["curve"].items()}}
+            "hard_after_explore": info["hard_after_explore"],
+            "curve_last": {k: v[-1] for k, v in info["curve"].items()}}
 
 
 def section_student(device, tiny: bool) -> dict:
