@@ -6,7 +6,8 @@ minimise  CE(T(xa), y) + r_bn * sum_l m_l (||mu_l - mu_l^run||_2 + ||var_l - var
 (cosine LR per iteration), then clamp x to the valid pixel range. Methods say how x is initialised,
 when each image joins (`start_iter`) and which boxes are used (`sampler`); the engine owns the rest.
 On CUDA the teacher's forward runs under mixed precision (ddkit.accel); x, Adam's state, the CE and the BN
-statistics and their distances stay fp32.
+statistics and their distances stay fp32. `stat_loss=edc` replaces the BN term with EDC's category-aware
+statistic matching (EDCStatLoss, against the squeeze statistics of ddkit.stats).
 """
 from __future__ import annotations
 

@@ -83,6 +83,8 @@ class SRe2L(Method):
         crop: str = "none"
         jitter: int = 4
 
+    prepare = prepare_stats
+
     def run(self, ctx: Context, classes: list[int]) -> Output:
         y = torch.tensor(classes).repeat_interleave(ctx.ipc)
         size = ctx.train.image_size
@@ -129,6 +131,8 @@ class DELT(Method):
         init: str = "medium"         # medium | lowest | highest | random | noise
         candidates: int = 0          # real images ranked per class (0 = the whole class)
         CHOICES = {**RecoverConfig.CHOICES, "init": ("medium", "lowest", "highest", "random", "noise")}
+
+    prepare = prepare_stats
 
     @torch.no_grad()
     def _init(self, ctx: Context, c: int) -> torch.Tensor:
@@ -264,8 +268,7 @@ class E2D(Method):
         recipe: str = "cifar"        # cifar (these defaults) | paper (E2D's ImageNet-1K values, E2D_PAPER)
         CHOICES = {**RecoverConfig.CHOICES, "init": ("real", "noise"), "recipe": ("cifar", "paper")}
 
-    def prepare(self, ctx: Context) -> None:
-        prepare_stats(self, ctx)
+    prepare = prepare_stats
 
     def run(self, ctx: Context, classes: list[int]) -> Output:
         cfg, size = self.cfg, ctx.train.image_size
@@ -310,8 +313,7 @@ class EDC(Method):
         recipe: str = "cifar"        # cifar (these defaults) | imagenet (EDC_IMAGENET)
         CHOICES = {**RecoverConfig.CHOICES, "recipe": ("cifar", "imagenet")}
 
-    def prepare(self, ctx: Context) -> None:
-        prepare_stats(self, ctx)
+    prepare = prepare_stats
 
     def run(self, ctx: Context, classes: list[int]) -> Output:
         x0 = real_init(ctx, classes)
