@@ -132,9 +132,11 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
     work.mkdir(parents=True, exist_ok=True)
     groups = class_groups(train.num_classes, cfg.classes_per_group)
     t0 = time.time()
-    # squeeze statistics live beside a checkpoint teacher (one folder per hash), else in the cache
+    # squeeze statistics live beside a checkpoint teacher (one folder per hash), else (a zoo teacher, an
+    # ensemble, a read-only folder) in the cache
     one = listed(cfg.teacher)
-    stats_root = f"{one[0]}.stats" if len(one) == 1 and Path(one[0]).is_file() else None
+    beside = len(one) == 1 and Path(one[0]).is_file() and os.access(Path(one[0]).resolve().parent, os.W_OK)
+    stats_root = f"{one[0]}.stats" if beside else None
     try:
         method.prepare(Context(train, teacher, cfg.ipc, dev, torch.Generator().manual_seed(cfg.seed), progress,
                                amp=amp, compile=cfg.compile, stats_root=stats_root))
