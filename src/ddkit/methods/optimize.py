@@ -250,8 +250,8 @@ class E2D(Method):
     recipe=cifar (the defaults): SRe2L's BN loss (r_bn 0.01), 200 iterations, K = 0.7 x 200, eps 0.5, lr 0.05,
     crops (0.5, 1). recipe=paper: what E2D's ImageNet-1K code runs (E2D_PAPER): EDC's category-aware statistic
     matching (stat_loss=edc, r_bn 0.1, EMA momentum 0.8, squeeze views RandomResizedCrop(0.08, 1)) with the same
-    schedule; its five torchvision teachers in turn are the teacher the user passes. Knobs set after the
-    recipe override it."""
+    schedule; its five torchvision teachers in turn are the teacher the user passes. Other --set knobs
+    override the recipe's values, in any order."""
     name = "e2d"
     RECIPES = {"cifar": {}, "paper": E2D_PAPER}
 
