@@ -227,3 +227,19 @@ def test_stat_loss_refuses_unknown_values_teachers_without_layers_and_missing_st
     from ddkit.stats import checked_layers
     with pytest.raises(DDKitError, match="no BatchNorm2d or Conv2d layer"):
         checked_layers(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2)))
+
+
+def test_edc_stat_loss_survives_in_place_activations_after_a_conv():
+    """AlexNet's ReLU(inplace) and EfficientNet's SE SiLU(inplace) overwrite a Conv's output after its hook."""
+    from ddkit.engine import EDCStatLoss, StatTargets
+    from ddkit.stats import Layout
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(inplace=True),
+                              torch.nn.Conv2d(4, 4, 1), torch.nn.SiLU(inplace=True))
+    layout = Layout([[{"kind": "conv", "dims": [4, 1]}, {"kind": "conv", "dims": [4, 1]}]])
+    loss = EDCStatLoss(net, StatTargets(layout, torch.rand(2, 10), torch.rand(1, 2, 10), torch.zeros(2, dtype=int)))
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    loss.set_images(torch.arange(2))
+    net(x)
+    loss.pop().backward()
+    loss.close()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
