@@ -106,7 +106,7 @@ def test_diversity_is_one_for_identical_images_and_lower_for_different(teacher_p
 
 
 FAST = {"sre2l": {"iterations": "2"}, "e2d": {"iterations": "2"}, "delt": {"iterations": "2", "round_iters": "1"},
-        "rded": {"candidates": "8", "crops": "2"}, "ddoq": {"restarts": "1"}, "random": {}}
+        "rded": {"candidates": "8", "crops": "2"}, "ddoq": {"restarts": "1"}, "random": {}, "edc": {"iterations": "2"}}
 CROSS = {"torchvision:resnet18": "timm:test_resnet", "timm:test_resnet": "torchvision:resnet18"}
 
 

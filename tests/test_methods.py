@@ -11,7 +11,7 @@ from ddkit.teacher import load_checkpoint
 from ddkit.utils import DDKitError
 
 FAST = {"sre2l": {"iterations": "6"}, "delt": {"iterations": "6", "round_iters": "2"},
-        "e2d": {"iterations": "6"}, "rded": {"candidates": "8", "crops": "2"}}
+        "e2d": {"iterations": "6"}, "rded": {"candidates": "8", "crops": "2"}, "edc": {"iterations": "4"}}
 
 
 def _ctx(dataset, teacher_path, ipc=2, seed=0):
@@ -197,3 +197,37 @@ def test_bn_targets_data_are_computed_once_on_the_pruned_pool(dataset, teacher_p
     assert seen == [24]            # 3 groups, one pass over the 24 kept images
     groups = json.loads((tmp_path / "run" / "metrics.json").read_text())["groups"]
     assert [g["bn_targets_wall_s"] for g in groups] == [1.0, 0, 0]  # timed once, by the first group
+
+
+def test_recipes_set_the_papers_values_and_later_settings_override_them():
+    cifar, paper = build_method("e2d").cfg, build_method("e2d", {"iterations": "7", "recipe": "paper"}).cfg
+    assert (cifar.recipe, cifar.stat_loss, cifar.r_bn, cifar.iterations) == ("cifar", "bn", 0.01, 200)
+    assert (paper.stat_loss, paper.r_bn, paper.stat_momentum, paper.lr, paper.explore_frac, paper.eps,
+            paper.min_scale, paper.crop, paper.squeeze_scale) == ("edc", 0.1, 0.8, 0.05, 0.7, 0.5, 0.5, "per_image",
+                                                                  (0.08, 1.0))
+    assert paper.iterations == 7   # given beside the recipe, in any order: the user's value wins
+    edc, imnet = build_method("edc").cfg, build_method("edc", {"recipe": "imagenet"}).cfg
+    assert (edc.stat_loss, edc.iterations, edc.lr, edc.r_bn, edc.crop, edc.min_scale) == \
+        ("edc", 75, 0.05, 0.01, "shared", 0.08)
+    assert (imnet.iterations, imnet.lr, imnet.r_bn, imnet.min_scale) == (1000, 0.05, 0.1, 0.5)
+    for name, key in (("e2d", "recipe"), ("edc", "recipe"), ("sre2l", "stat_loss")):
+        with pytest.raises(DDKitError, match=f"bad value 'bogus' for setting '{key}'; choose from"):
+            build_method(name, {key: "bogus"})
+
+
+def test_edc_distills_with_statistics_beside_the_teacher_and_refuses_others(dataset, teacher_path, tmp_path):
+    from ddkit.distill import DistillConfig, distill
+    from ddkit.rundir import read_json
+    cfg = DistillConfig(method="edc", ipc=2, data=str(dataset), teacher=str(teacher_path), settings={"iterations": "3"})
+    out = distill(cfg, tmp_path / "run", device="cpu", progress=False)
+    folders = list(teacher_path.parent.glob("teacher.pt.stats/*/global.pt"))
+    assert len(folders) == 1    # one folder per (data, teacher, views) hash, beside the teacher
+    metrics = read_json(out / "metrics.json")
+    assert metrics["num_images"] == 6 and metrics["groups"][0]["curve"]["bn"][0] > 0
+    # statistics of other data named as this run's: one line, and neither the run nor its work folder appears
+    other = DistillConfig(**{**cfg.__dict__, "subset": None, "settings": {"iterations": "3",
+                                                                          "stats_dir": str(folders[0].parent)}})
+    other.data = str(dataset / "test")
+    with pytest.raises(DDKitError, match="were computed on other data"):
+        distill(other, tmp_path / "bad", device="cpu", progress=False)
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.work-*"))

@@ -24,7 +24,7 @@ def test_the_ddkit_preset_is_todays_student_recipe_and_keeps_its_result_keys():
     assert EvalConfig(protocol=Protocol(batch_size=16)).key("convnet3").startswith("convnet3/soft/e300-")
     assert EvalConfig(protocol=preset("ddkit", {"weight_decay": "0"})).key("c").startswith("c/soft/ddkit/e300-")
     keys = {EvalConfig(protocol=preset(n)).key("c") for n in PRESETS}
-    assert len(keys) == len(PRESETS) == 5 and "c/soft/rded/e300-" in "".join(keys)
+    assert len(keys) == len(PRESETS) and "c/soft/rded/e300-" in "".join(keys)
     assert EvalConfig(teachers=("a", "b")).key("c") != EvalConfig().key("c")   # an ensemble is another labeler
 
 
@@ -133,6 +133,25 @@ def test_the_edc_preset_pins_its_schedule():
     assert [lr_factor(e1000, e, 0, 4) for e in (799, 800, 899, 900, 949, 950)] == [1, 0.5, 0.5, 0.25, 0.25, 0.125]
     p = PRESETS["edc"]
     assert (p.eval_every, p.best_after, p.test_resize, DEFAULT_EPOCHS) == (10, 0.8, True, {"edc": 1000})
+    # the other presets keep their loss, augmentation and weights: the new fields' defaults are ddkit's
+    assert all(not {"soft_loss", "ce_weight", "ema", "randaug_ops", "milestones", "best_after"} & set(q.changes())
+               for n, q in PRESETS.items() if n not in ("edc", "e2d"))
+
+
+def test_the_e2d_preset_is_e2ds_imagenet_student():
+    p = PRESETS["e2d"]
+    assert (p.soft_labels, p.soft_loss, p.ce_weight, p.ema, p.test_resize, p.eval_every) == \
+        ("fkd", "mse", 0.025, 0.99, True, 0)
+    cfg = preset("e2d").train_config(300, 10, 1000)
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.aug, cfg.rrc_scale, cfg.cutmix) == \
+        ("adamw", 1e-3, 0.01, 100, "rrc", (0.5, 1.0), 1.0)
+    assert (cfg.schedule, cfg.lr_by_epoch, cfg.randaug_ops, DEFAULT_EPOCHS.get("e2d", 300)) == ("cos2", True, 0, 300)
+    # E2D's LambdaLR: 0.5 (1 + cos(pi e / 600)) to epoch 250, then 0.5 (1 + cos(5 pi / 12)) (300 - e) / 300
+    assert [lr_factor(cfg, e, 3, 10) for e in (0, 150)] == [1.0, pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))]
+    at250 = 0.5 * (1 + math.cos(math.pi * 250 / 600))
+    assert lr_factor(cfg, 250, 0, 10) == pytest.approx(at250)
+    assert lr_factor(cfg, 251, 0, 10) == pytest.approx(at250 * 49 / 300)     # the code's drop, kept
+    assert lr_factor(cfg, 299, 9, 10) == pytest.approx(at250 / 300) and lr_factor(cfg, 300, 0, 10) == 0
 
 
 def test_the_edc_loss_is_mse_on_the_logits_plus_0025_ce_on_the_sets_labels():

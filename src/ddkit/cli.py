@@ -83,7 +83,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, help="student epochs (default: the protocol's: 1000 for edc, "
                    "else 300)")
     p.add_argument("--protocol", default="ddkit", help="student-training protocol: ddkit, rded, sre2l, "
-                   "ddranking, edc (see docs/protocols/index.md)")
+                   "ddranking, edc, e2d (see docs/protocols/index.md)")
     p.add_argument("--pset", action="append", metavar="KEY=VALUE", help="protocol field, repeatable "
                    "(e.g. lr=0.002, cutmix=0)")
     p.add_argument("--batch-size", type=ranged(int, Protocol.RANGES["batch_size"]),

@@ -154,14 +154,21 @@ def distill(cfg: DistillConfig, out: str | os.PathLike, device: str = "auto", ov
     work.mkdir(parents=True, exist_ok=True)
     groups = class_groups(train.num_classes, cfg.classes_per_group)
     t0 = time.time()
+    # squeeze statistics live beside a checkpoint teacher (one folder per hash), else (a zoo teacher, an
+    # ensemble, a read-only folder) in the cache
+    one = listed(cfg.teacher)
+    beside = len(one) == 1 and Path(one[0]).is_file() and os.access(Path(one[0]).resolve().parent, os.W_OK)
+    stats_root = f"{one[0]}.stats" if beside else None
     try:
+        method.prepare(Context(train, teacher, cfg.ipc, dev, torch.Generator().manual_seed(cfg.seed), progress,
+                               amp=amp, compile=cfg.compile, stats_root=stats_root))
         for gi, classes in enumerate(groups):
             path = work / f"group{gi:05d}.pt"
             if gi % world != rank or path.is_file():
                 continue  # another rank's group, or finished before an interruption
             gen = torch.Generator().manual_seed(group_seed(cfg.seed, classes[0]))
             ctx = Context(train, teacher, cfg.ipc, dev, gen, progress, checkpoint=str(path.with_suffix(".ckpt")),
-                          amp=amp, compile=cfg.compile)
+                          amp=amp, compile=cfg.compile, stats_root=stats_root)
             tg = time.time()
             res = method.run(ctx, classes)
             wall = time.time() - tg + res.info.get("resumed_wall_s", 0)  # with the work before an interruption

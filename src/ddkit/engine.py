@@ -6,7 +6,8 @@ minimise  CE(T(xa), y) + r_bn * sum_l m_l (||mu_l - mu_l^run||_2 + ||var_l - var
 (cosine LR per iteration), then clamp x to the valid pixel range. Methods say how x is initialised,
 when each image joins (`start_iter`) and which boxes are used (`sampler`); the engine owns the rest.
 On CUDA the teacher's forward runs under mixed precision (ddkit.accel); x, Adam's state, the CE and the BN
-statistics and their distances stay fp32.
+statistics and their distances stay fp32. `stat_loss=edc` replaces the BN term with EDC's category-aware
+statistic matching (EDCStatLoss, against the squeeze statistics of ddkit.stats).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from .accel import compiled, configure, mixed_precision
 from .augment import crop_resize, random_flip, sample_boxes
 from .progress import steps
+from .stats import Layout, checked_layers, members, patches
 from .utils import AT_LEAST_1, NON_NEGATIVE, POSITIVE, STOP, UNIT, DDKitError, Range, load_torch, save_torch
 
 
@@ -39,12 +41,18 @@ class RecoverConfig:
     bn_targets: str = "running"     # running: the teacher's BN buffers | data: recomputed on the real pool
     log_every: int = 10
     checkpoint_every: int = 50      # steps between checkpoints (when the driver gives a path)
+    stat_loss: str = "bn"           # bn: SRe2L's BN loss | edc: EDC's category-aware statistic matching
+    stat_momentum: float = 0.8      # edc: EMA momentum of the batch statistics (straight-through)
+    squeeze_scale: tuple[float, float] = (0.08, 1.0)  # edc: RandomResizedCrop scale of the squeeze's views
+    stats_dir: str = ""             # edc: folder of the squeeze statistics ("" = beside the teacher, by hash)
     # allowed values of string knobs, checked when a config is built from --set (methods extend it)
-    CHOICES = {"crop": ("shared", "per_image", "none"), "bn_targets": ("running", "data")}
+    CHOICES = {"crop": ("shared", "per_image", "none"), "bn_targets": ("running", "data"),
+               "stat_loss": ("bn", "edc")}
     # valid values of numeric knobs, checked in the same place (methods extend it too)
     RANGES = {"iterations": AT_LEAST_1, "lr": POSITIVE, "r_bn": NON_NEGATIVE, "first_bn_mult": NON_NEGATIVE,
               "betas": Range(0, 1, open_hi=True, size=2), "min_scale": UNIT, "max_scale": UNIT,
-              "jitter": NON_NEGATIVE, "log_every": AT_LEAST_1, "checkpoint_every": AT_LEAST_1}
+              "jitter": NON_NEGATIVE, "log_every": AT_LEAST_1, "checkpoint_every": AT_LEAST_1,
+              "stat_momentum": Range(0, 1), "squeeze_scale": Range(0, 1, open_lo=True, size=2, ordered=True)}
 
 
 class BatchStats(torch.autograd.Function):
@@ -112,11 +120,6 @@ def data_bn_stats(model: nn.Module, batches, normalize, device) -> list[tuple[to
     return [(acc[bn][1].float(), (acc[bn][2] / acc[bn][0]).float()) for bn in bns]
 
 
-def members(teacher: nn.Module) -> list[nn.Module]:
-    """The models of an ensemble teacher (ddkit.teacher.Ensemble), or the teacher itself."""
-    return list(getattr(teacher, "members", [teacher]))
-
-
 class BNStatLoss:
     """Forward hooks on every BatchNorm2d: distance of batch statistics of its input to the targets
     (the layer's running stats unless `targets` gives one (mean, var) per layer). The first BN layer of
@@ -137,14 +140,107 @@ class BNStatLoss:
             self.terms.append(self.mults[module] * (torch.linalg.vector_norm(mean - tm) +
                                                     torch.linalg.vector_norm(var - tv)))
 
+    def set_images(self, active: torch.Tensor) -> None:
+        pass
+
     def pop(self) -> torch.Tensor:
         loss = sum(self.terms)
         self.terms = []
         return loss
 
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def close(self):
         for h in self.handles:
             h.remove()
+
+
+@dataclass
+class StatTargets:
+    """What EDC's statistic matching compares with (ddkit.stats): global [2, D] and per-class [K, 2, D] mean and
+    variance rows, and each synthetic image's row in `per_class`."""
+    layout: Layout
+    glob: torch.Tensor
+    per_class: torch.Tensor
+    rows: torch.Tensor
+
+    def to(self, device) -> "StatTargets":
+        return StatTargets(self.layout, self.glob.to(device), self.per_class.to(device), self.rows.to(device))
+
+
+class EDCStatLoss:
+    """EDC's category-aware statistic matching (E2D's recovery loss), as forward hooks on every BatchNorm2d input
+    and Conv2d output of each member. Per layer, with m, v the batch's channel mean and variance (and, for Conv,
+    the per-16x16-patch-position mean and variance over (N, C, 16, 16)), each passed through an EMA of momentum
+    `momentum` that is straight-through (value ema, gradient of the batch statistic):
+
+        R = 0.5 (|gv - v| + |gm - m|) + 0.5 (|cv - v| + |cm - m|)      (summed over channel and patch parts)
+
+    g: global targets (a BN layer's channel part: its running buffers with `bn_running`, else the squeeze's
+    pooled pool statistics); c: the per-class targets averaged over the labels of the images in the step. The
+    first stat layer of each member weighs `first_mult`. The EMA state is per layer, starts at the first batch
+    statistic, and is part of the engine's checkpoint."""
+
+    def __init__(self, model: nn.Module, targets: StatTargets, first_mult: float = 10.0, momentum: float = 0.8,
+                 bn_running: bool = True):
+        layers = checked_layers(model)
+        if [[k for _, k in f] for f in layers] != [[l["kind"] for l in m] for m in targets.layout.layers]:
+            raise DDKitError("the statistics do not fit this teacher's BatchNorm2d/Conv2d layers; they were "
+                             "computed for another architecture")
+        self.t, self.momentum, self.bn_running = targets, momentum, bn_running
+        self.info = {}
+        for found, spans in zip(layers, targets.layout.slices()):
+            for i, ((m, k), parts) in enumerate(zip(found, spans)):
+                self.info[m] = (len(self.info), k, parts, first_mult if i == 0 else 1.0)
+        self.ema: dict[str, list[torch.Tensor]] = {}
+        self.terms: list[torch.Tensor] = []
+        self.cls = None
+        self.handles = [m.register_forward_hook(self._hook) for m in self.info]
+
+    def set_images(self, active: torch.Tensor) -> None:
+        """The images of the coming forward: their classes' targets, averaged (EDC's `[targets].mean(0)`)."""
+        self.cls = self.t.per_class[self.t.rows[active]].mean(0)
+
+    def _straight_through(self, key: str, stat: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
+        prev = self.ema.get(key)
+        now = [s.detach() for s in stat] if prev is None else \
+            [self.momentum * p + (1 - self.momentum) * s.detach() for p, s in zip(prev, stat)]
+        self.ema[key] = now
+        return [e + s - s.detach() for e, s in zip(now, stat)]
+
+    def _hook(self, module, inputs, output):
+        lid, kind, parts, mult = self.info[module]
+        with torch.autocast(inputs[0].device.type, enabled=False):  # fp32 statistics under mixed precision
+            # a Conv output may be overwritten next by an in-place activation (AlexNet's ReLU, EfficientNet's SE
+            # SiLU) before the backward needs it: statistics are taken of a copy
+            a = inputs[0].float() if kind == "bn" else output.to(torch.float32, copy=True)
+            stats = [BatchStats.apply(a)]
+            if kind == "conv":
+                v, m = torch.var_mean(patches(a), dim=(0, 1, 3, 5), correction=0)
+                stats.append((m.flatten(), v.flatten()))
+            term = 0.0
+            for j, (stat, sl) in enumerate(zip(stats, parts)):
+                m, v = self._straight_through(f"{lid}.{j}", stat)
+                gm, gv = ((module.running_mean, module.running_var) if kind == "bn" and self.bn_running
+                          else (self.t.glob[0, sl], self.t.glob[1, sl]))
+                cm, cv = self.cls[0, sl], self.cls[1, sl]
+                term = term + 0.5 * (torch.linalg.vector_norm(gv - v) + torch.linalg.vector_norm(gm - m)) \
+                    + 0.5 * (torch.linalg.vector_norm(cv - v) + torch.linalg.vector_norm(cm - m))
+            self.terms.append(mult * term)
+
+    pop = BNStatLoss.pop
+    close = BNStatLoss.close
+
+    def state_dict(self) -> dict:
+        return {k: torch.stack(v).cpu() for k, v in self.ema.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        dev = self.t.glob.device
+        self.ema = {k: list(v.to(dev).unbind(0)) for k, v in state.items()}
 
 
 class UniformSampler:
@@ -195,13 +291,14 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
             hi: torch.Tensor, gen: torch.Generator, start_iter: torch.Tensor | None = None,
             sampler=None, progress: bool = True, desc: str = "recover", checkpoint: str | None = None,
             bn_targets: list[tuple[torch.Tensor, torch.Tensor]] | None = None, amp: bool = True,
-            compile: bool = False) -> RecoverResult:
+            compile: bool = False, stat_targets: StatTargets | None = None) -> RecoverResult:
     """Optimise x0 (normalised, on the teacher's device) against the frozen teacher. An ensemble teacher is
     used one member per step, in turn (CE and BN statistics of that member: E2D's multi-teacher recovery),
     which costs one model's forward per step rather than all of them.
 
     `amp`: mixed precision where the device has it (TrainConfig.amp); `compile`: torch.compile the
-    teacher's forward (its BN hooks included).
+    teacher's forward (its BN hooks included). cfg.stat_loss="edc" replaces the BN loss with EDCStatLoss
+    against `stat_targets` (ddkit.stats), weighted by cfg.r_bn.
 
     With `checkpoint`, the whole state (pixels, Adam, generator, sampler, step, curve) is saved every
     cfg.checkpoint_every steps and on a stop request (SIGTERM); a later call with the same arguments
@@ -217,7 +314,15 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
         opt = torch.optim.Adam([x], lr=cfg.lr, betas=cfg.betas)
     except ValueError as e:  # torch's own check of lr / betas, e.g. "Invalid learning rate: -1.0"
         raise DDKitError(f"{desc}: {e}; check --set lr and betas") from None
-    bn = BNStatLoss(teacher, cfg.first_bn_mult, bn_targets)
+    if cfg.stat_loss not in RecoverConfig.CHOICES["stat_loss"]:
+        raise DDKitError(f"unknown stat_loss {cfg.stat_loss!r}; choose from bn, edc")
+    if cfg.stat_loss == "edc":
+        if stat_targets is None:
+            raise DDKitError(f"{desc}: stat_loss=edc needs the squeeze statistics (ddkit.stats.squeeze)")
+        bn = EDCStatLoss(teacher, stat_targets.to(device), cfg.first_bn_mult, cfg.stat_momentum,
+                         cfg.bn_targets == "running")
+    else:
+        bn = BNStatLoss(teacher, cfg.first_bn_mult, bn_targets)
     nets = [compiled(m, compile) for m in members(teacher)]  # after the hooks are in place: traced with them
     sampler = sampler or UniformSampler(cfg, x0.shape[-1])
     start = start_iter.to(device) if start_iter is not None else torch.zeros(len(x0), dtype=torch.long, device=device)
@@ -243,11 +348,13 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
             before = st.get("elapsed_s", 0.0)
             if st.get("scaler"):
                 scaler.load_state_dict(st["scaler"])
+            bn.load_state_dict(st.get("stat_state", {}))
 
     def save(next_it: int):
         save_torch({"x": x.detach().cpu(), "opt": opt.state_dict(), "gen": gen.get_state(), "it": next_it,
                     "sampler": sampler.state_dict(), "updates": updates, "curve": curve, "passes": passes,
-                    "scaler": scaler.state_dict(), "elapsed_s": before + time.time() - t0},
+                    "scaler": scaler.state_dict(), "elapsed_s": before + time.time() - t0,
+                    "stat_state": bn.state_dict()},
                    checkpoint)
 
     bar = steps(first, cfg.iterations, desc, enabled=progress)
@@ -272,6 +379,7 @@ def recover(teacher: nn.Module, x0: torch.Tensor, y: torch.Tensor, cfg: RecoverC
                 xa = torch.roll(xa, shifts=(dy, dx), dims=(2, 3))
             if cfg.flip:
                 xa = random_flip(xa, gen)
+            bn.set_images(active)
             with prec.autocast():
                 logits = nets[it % len(nets)](xa.contiguous(memory_format=torch.channels_last))
             ce = F.cross_entropy(logits.float(), y[active], reduction="none")

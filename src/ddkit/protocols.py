@@ -31,6 +31,13 @@ much as on the images (docs/methods.md §6). Presets, each overridable field by 
   epochs (DEFAULT_EPOCHS); the best EMA test accuracy every 10 epochs after 80 % of training is recorded
   beside the final one (labelled as selected on test).
 
+- `e2d`: E2D's ImageNet-1K student (ncsu-dk-lab/E2D `Branch_ImageNet_1K`): FKD-stored soft labels (a relabel
+  pass over all 300 epochs; the teacher passed, e.g. an ensemble of four whose logits are averaged), RRC(0.5-1)
+  + flip, CutMix (beta 1), AdamW 1e-3 wd 0.01, batch 100, loss MSE(student logits, teacher logits) + 0.025 CE,
+  LR `cos2` set per epoch (0.5 (1 + cos(pi e / 2E)) up to e = 5E/6, then that value at 5E/6 times (1 - e/E):
+  its code's drop from 0.63 to 0.10 at epoch 250 of 300 included), an EMA (0.99, every step) of the weights
+  tested, test Resize(s // 7 * 8) + CenterCrop(s), final epoch.
+
 Not given by the peers' descriptions and chosen by ddkit (state them with results): RRC scale (0.08, 1)
 (torchvision's default, which SRe2L's code uses) for sre2l; the IPC batch rule for sre2l
 (SRe2L's ImageNet batch of 1024 would be one step per epoch at CIFAR IPC10); per-step cosine and no T^2
@@ -61,6 +68,7 @@ class Protocol:
     lr: float = 1e-3
     weight_decay: float = 0.01
     schedule: str = "cosine"        # cosine (to 0) | half_cosine (ends at 0.5) | onecycle | step (see milestones)
+    #                                 | cos2 (E2D, see ddkit.train.lr_factor)
     lr_by_epoch: bool = False       # LR set once per epoch (the peers' LambdaLR) instead of per step
     batch_size: int = 64            # 0: by IPC (RDED's table, see ipc_batch_size)
     aug: str = "rrc"                # rrc (RandomResizedCrop + flip) | none
@@ -83,7 +91,8 @@ class Protocol:
     #                                 torchvision does; 0 = off, -1 = the set's stitching factor (see train_config)
     decay: str = "all"              # weight decay on all parameters | weights (conv/linear weights only: RDED)
 
-    CHOICES: ClassVar[dict] = {"schedule": ("cosine", "half_cosine", "onecycle", "step"), "aug": ("rrc", "none"),
+    CHOICES: ClassVar[dict] = {"schedule": ("cosine", "half_cosine", "onecycle", "step", "cos2"),
+                               "aug": ("rrc", "none"),
                                "soft_labels": ("online", "fkd"), "optimizer": ("adamw", "sgd"),
                                "soft_loss": ("kl", "mse"), "decay": ("all", "weights")}
     # valid values of the numeric fields, checked when a protocol is built from --pset (and the flags that set them)
@@ -131,6 +140,8 @@ PRESETS: dict[str, Protocol] = {
     "edc": Protocol(name="edc", batch_size=25, schedule="step", lr_by_epoch=True, rrc_scale=(0.08, 1.0),
                     randaug_ops=2, randaug_magnitude=9, soft_loss="mse", ce_weight=0.025, ema=0.99,
                     test_resize=True, eval_every=10, best_after=0.8),
+    "e2d": Protocol(name="e2d", batch_size=100, schedule="cos2", lr_by_epoch=True, rrc_scale=(0.5, 1.0), cutmix=1.0,
+                    soft_labels="fkd", soft_loss="mse", ce_weight=0.025, ema=0.99, test_resize=True),
 }
 # student epochs where a preset's paper trains longer than ddkit's 300 (`ddkit evaluate --epochs` overrides)
 DEFAULT_EPOCHS = {"edc": 1000}

@@ -53,7 +53,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "onecycle"      # onecycle (linear warm-up 20 %, linear decay) | cosine (to 0) |
     #                                 half_cosine (0.5 (1 + cos(pi t / 2)), ends at 0.5: RDED) |
-    #                                 step (x0.5 at each of `milestones`: EDC's MultiStepLR)
+    #                                 step (x0.5 at each of `milestones`: EDC's MultiStepLR) | cos2 (E2D)
     label_smoothing: float = 0.0
     aug: str = "translate"          # translate (pad-crop + flip) | rrc (random-resized-crop + flip) | none
     rrc_scale: tuple[float, float] = (0.5, 1.0)
@@ -118,6 +118,9 @@ def lr_factor(cfg: TrainConfig, epoch: int, b: int, steps_per_epoch: int) -> flo
         return 0.5 * (1 + math.cos(math.pi * t / 2))
     if cfg.schedule == "step":
         return 0.5 ** sum(t >= m for m in cfg.milestones)
+    if cfg.schedule == "cos2":  # E2D's: half a cosine period over 2E to 5E/6, then its value there x (1 - t)
+        return 0.5 * (1 + math.cos(math.pi * t / 2)) if t <= 5 / 6 else \
+            0.5 * (1 + math.cos(math.pi * 5 / 12)) * (1 - t)
     return t / 0.2 if t < 0.2 else max(0.0, (1 - t) / 0.8)
 
 

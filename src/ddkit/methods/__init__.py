@@ -6,6 +6,7 @@ so groups are independent: finished groups are never redone on resume, and ranks
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ class Context:
     checkpoint: str | None = None   # where an optimising method keeps its resumable state
     amp: bool | str = True          # mixed precision: True (auto), False, "on" (ddkit.accel.amp_setting)
     compile: bool = False           # torch.compile the teacher's forward in the engine
+    stats_root: str | None = None   # where squeeze statistics are cached by hash (None: the cache folder)
 
     def autocast(self):
         """The run's mixed precision, for a method's own teacher forwards (scoring, ranking)."""
@@ -68,6 +70,9 @@ class Method:
     def __init__(self, cfg=None):
         self.cfg = cfg if cfg is not None else self.Config()
 
+    def prepare(self, ctx: Context) -> None:
+        """Work shared by every group, done by every rank before any group (e.g. the squeeze statistics)."""
+
     def run(self, ctx: Context, classes: list[int]) -> Output:
         raise NotImplementedError
 
@@ -78,10 +83,16 @@ class Method:
 
 
 def build_method(name: str, overrides: dict[str, str] | None = None) -> Method:
+    """A method from --set overrides. A `recipe` (a method's RECIPES: named sets of values) is applied first,
+    so the other overrides, in any order, change what it set."""
     if name not in METHODS:
         raise DDKitError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
     cls = METHODS[name]
-    return cls(parse_overrides(cls.Config, overrides or {}, what=f"method {name}"))
+    overrides, base = dict(overrides or {}), None
+    if "recipe" in overrides and hasattr(cls, "RECIPES"):
+        base = parse_overrides(cls.Config, {"recipe": overrides.pop("recipe")}, what=f"method {name}")
+        base = dataclasses.replace(base, **cls.RECIPES[base.recipe])
+    return cls(parse_overrides(cls.Config, overrides, base=base, what=f"method {name}"))
 
 
 def need_images(ctx: Context, c: int, k: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Methods that optimise pixels on the shared engine: `sre2l`, `delt`, `e2d`."""
+"""Methods that optimise pixels on the shared engine: `sre2l`, `delt`, `e2d`, `edc`."""
 from __future__ import annotations
 
 import time
@@ -7,8 +7,9 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..augment import random_flip, sample_boxes
-from ..engine import RecoverConfig, UniformSampler, data_bn_stats, recover
+from ..engine import RecoverConfig, StatTargets, UniformSampler, data_bn_stats, recover
 from ..models import embed
+from ..stats import squeeze
 from ..utils import AT_LEAST_1, NON_NEGATIVE, Range, inference_batch
 from . import Context, Method, Output, need_images, register
 
@@ -30,18 +31,43 @@ def _bn_targets(method, ctx: Context) -> tuple[list | None, float]:
     return method._pool_stats, round(time.time() - t0, 2)
 
 
+def prepare_stats(method, ctx: Context) -> None:
+    """With stat_loss=edc, the squeeze statistics of (teacher, real pool), computed once before any group
+    (every rank calls it: the pass is class-sharded) in cfg.stats_dir, or by hash under the driver's
+    ctx.stats_root."""
+    cfg = method.cfg
+    if cfg.stat_loss != "edc" or getattr(method, "_stats", None) is not None:
+        return
+    t0 = time.time()
+    method._stats = squeeze(ctx.teacher, ctx.train, cfg.stats_dir or None, ctx.stats_root, tuple(cfg.squeeze_scale),
+                            device=ctx.device, progress=ctx.progress)
+    method._stats_s = round(time.time() - t0, 2)
+
+
+def _stat_targets(method, ctx: Context, classes: list[int], y: torch.Tensor) -> StatTargets | None:
+    """EDC's targets for one group: global rows and the rows of these classes only."""
+    if method.cfg.stat_loss != "edc":
+        return None
+    prepare_stats(method, ctx)
+    st = method._stats
+    rows = torch.searchsorted(torch.tensor(classes), y)
+    return StatTargets(st.layout, st.global_targets(), st.class_targets(classes), rows)
+
+
 def _recover(method, ctx: Context, x0: torch.Tensor, y: torch.Tensor, classes: list[int], **kw):
     """Run the engine on one group of classes with the method's knobs; returns the result and its
     per-group metrics (cost counters, curve, time spent on pool BN targets)."""
     lo, hi = ctx.bounds()
-    targets, stats_s = _bn_targets(method, ctx)
+    edc = method.cfg.stat_loss == "edc"
+    targets, stats_s = _bn_targets(method, ctx) if not edc else (None, 0.0)
     res = recover(ctx.teacher, x0, y, _recover_cfg(method.cfg), lo, hi, ctx.gen, progress=ctx.progress,
                   desc=f"{method.name} {classes[0]}..{classes[-1]}", checkpoint=ctx.checkpoint,
-                  bn_targets=targets, amp=ctx.amp, compile=ctx.compile, **kw)
+                  bn_targets=targets, amp=ctx.amp, compile=ctx.compile,
+                  stat_targets=_stat_targets(method, ctx, classes, y), **kw)
     return res, {"iterations_run": res.iterations_run, "teacher_image_passes": res.teacher_passes,
                  "image_updates": int(res.updates.sum()), "recover_wall_s": round(res.wall_s, 2),
                  "resumed_wall_s": round(res.resumed_s, 2), "resumed_from_iteration": res.resumed_from,
-                 "bn_targets_wall_s": stats_s,
+                 "bn_targets_wall_s": stats_s, **({"squeeze_wall_s": method._stats_s} if edc else {}),
                  "curve": res.curve, "updates_per_image": res.updates.tolist()}
 
 
@@ -56,6 +82,8 @@ class SRe2L(Method):
         lr: float = 0.1
         crop: str = "none"
         jitter: int = 4
+
+    prepare = prepare_stats
 
     def run(self, ctx: Context, classes: list[int]) -> Output:
         y = torch.tensor(classes).repeat_interleave(ctx.ipc)
@@ -110,6 +138,8 @@ class DELT(Method):
 
     def images_needed(self, ipc: int, image_size: int) -> int:
         return 0 if self.cfg.init == "noise" else ipc
+
+    prepare = prepare_stats
 
     @torch.no_grad()
     def _init(self, ctx: Context, c: int) -> torch.Tensor:
@@ -204,11 +234,33 @@ class E2DSampler(UniformSampler):
         self.hard_after_explore = state.get("hard_after_explore", 0)  # checkpoints written before it existed
 
 
+def real_init(ctx: Context, classes: list[int]) -> torch.Tensor:
+    """IPC uniformly random real images per class (without repetition), whole (resized to the distilled size),
+    randomly flipped: E2D's and EDC's initialisation."""
+    picks = [need_images(ctx, c, ctx.ipc) for c in classes]
+    picks = torch.cat([p[torch.randperm(len(p), generator=ctx.gen)[:ctx.ipc]] for p in picks])
+    return random_flip(ctx.real(picks, "whole"), ctx.gen)
+
+
+# E2D's ImageNet-1K recovery (ncsu-dk-lab/E2D Branch_ImageNet_1K/run.sh): EDC's loss at r 0.1, momentum 0.8,
+# 200 iterations, K = 140, eps 0.5, lr 0.05, per-image crops (0.5, 1), squeeze views RandomResizedCrop(0.08, 1)
+E2D_PAPER = dict(stat_loss="edc", r_bn=0.1, stat_momentum=0.8, first_bn_mult=10.0, iterations=200, lr=0.05,
+                 explore_frac=0.7, eps=0.5, crop="per_image", min_scale=0.5, max_scale=1.0, jitter=0, flip=True,
+                 squeeze_scale=(0.08, 1.0), betas=(0.5, 0.9))
+
+
 @register
 class E2D(Method):
-    """Exploration-Exploitation Distillation (with the SRe2L BN loss): full real images, per-image
-    random crops that map high-loss boxes, then crops drawn from those boxes, early stop when none is left."""
+    """Exploration-Exploitation Distillation: full real images, per-image random crops that map high-loss
+    boxes, then crops drawn from those boxes, early stop when none is left.
+
+    recipe=cifar (the defaults): SRe2L's BN loss (r_bn 0.01), 200 iterations, K = 0.7 x 200, eps 0.5, lr 0.05,
+    crops (0.5, 1). recipe=paper: what E2D's ImageNet-1K code runs (E2D_PAPER): EDC's category-aware statistic
+    matching (stat_loss=edc, r_bn 0.1, EMA momentum 0.8, squeeze views RandomResizedCrop(0.08, 1)) with the same
+    schedule; its five torchvision teachers in turn are the teacher the user passes. Other --set knobs
+    override the recipe's values, in any order."""
     name = "e2d"
+    RECIPES = {"cifar": {}, "paper": E2D_PAPER}
 
     @dataclass
     class Config(RecoverConfig):
@@ -220,8 +272,11 @@ class E2D(Method):
         eps: float = 0.5             # a box is "hard" while its CE exceeds eps
         early_stop: bool = True
         init: str = "real"           # real (uniform random whole image, random flip) | noise
-        CHOICES = {**RecoverConfig.CHOICES, "init": ("real", "noise")}
+        recipe: str = "cifar"        # cifar (these defaults) | paper (E2D's ImageNet-1K values, E2D_PAPER)
+        CHOICES = {**RecoverConfig.CHOICES, "init": ("real", "noise"), "recipe": ("cifar", "paper")}
         RANGES = {**RecoverConfig.RANGES, "explore_frac": Range(0, 1), "eps": NON_NEGATIVE}
+
+    prepare = prepare_stats
 
     def images_needed(self, ipc: int, image_size: int) -> int:
         return 0 if self.cfg.init == "noise" else ipc
@@ -231,12 +286,48 @@ class E2D(Method):
         if cfg.init == "noise":
             x0 = torch.randn(len(classes) * ctx.ipc, 3, size, size, generator=ctx.gen).to(ctx.device)
         else:
-            picks = [need_images(ctx, c, ctx.ipc) for c in classes]
-            picks = torch.cat([p[torch.randperm(len(p), generator=ctx.gen)[:ctx.ipc]] for p in picks])
-            x0 = random_flip(ctx.real(picks, "whole"), ctx.gen)  # the whole photo at the distilled size
+            x0 = real_init(ctx, classes)
         y = torch.tensor(classes).repeat_interleave(ctx.ipc)
         sampler = E2DSampler(cfg, size, len(y))
         res, info = _recover(self, ctx, x0, y, classes, sampler=sampler)
         return Output(res.x.cpu(), y, info={**info, "exploit_steps": sampler.exploit_steps,
                                             "hard_after_explore": sampler.hard_after_explore,
                                             "memory_left": sum(len(m) for m in sampler.memory)})
+
+
+# EDC's recover scripts (shaoshitong/EDC): CIFAR-10 `Branch_CIFAR_10/recover/recover.sh`, ImageNet-1K
+# `Branch_full_ImageNet_1k/recover/recover.sh` (crop scale from its recover.py)
+EDC_IMAGENET = dict(iterations=1000, lr=0.05, r_bn=0.1, min_scale=0.5)
+
+
+@register
+class EDC(Method):
+    """Elucidating Dataset Condensation's synthesis on the shared engine: uniformly random whole real images
+    (random flip), EDC's category-aware statistic matching (stat_loss=edc: BN inputs and Conv outputs, global
+    and per-class targets, EMA 0.8 straight-through, first layer x10) + CE, Adam (0.5, 0.9) with a cosine LR,
+    one RandomResizedCrop box + flip shared by the batch each step, teachers (an ensemble) in turn.
+
+    recipe=cifar (the defaults, its CIFAR-10 script): 75 iterations, lr 0.05, r_bn 0.01, crop scale (0.08, 1).
+    recipe=imagenet (its ImageNet-1K script): 1000 iterations, lr 0.05, r_bn 0.1, crop scale (0.5, 1). EDC
+    initialises ImageNet from RDED's stitched images; ddkit starts from whole real images (`init=real`)."""
+    name = "edc"
+    RECIPES = {"cifar": {}, "imagenet": EDC_IMAGENET}
+
+    @dataclass
+    class Config(RecoverConfig):
+        stat_loss: str = "edc"
+        iterations: int = 75
+        lr: float = 0.05
+        r_bn: float = 0.01
+        crop: str = "shared"
+        min_scale: float = 0.08
+        recipe: str = "cifar"        # cifar (these defaults) | imagenet (EDC_IMAGENET)
+        CHOICES = {**RecoverConfig.CHOICES, "recipe": ("cifar", "imagenet")}
+
+    prepare = prepare_stats
+
+    def run(self, ctx: Context, classes: list[int]) -> Output:
+        x0 = real_init(ctx, classes)
+        y = torch.tensor(classes).repeat_interleave(ctx.ipc)
+        res, info = _recover(self, ctx, x0, y, classes)
+        return Output(res.x.cpu(), y, info=info)
