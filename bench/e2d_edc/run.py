@@ -5,7 +5,7 @@ progress (its checkpoint) are reused; results are rewritten after every student.
 
     python bench/e2d_edc/run.py [--seeds 3] [--data /path/to/cifar10] [--work bench/e2d_edc/work]
 
-Writes bench/results/e2d_edc/results.json (accuracy mean ± std over seeds, n, synthesis time, E2D's
+Writes bench/e2d_edc/results/results.json (accuracy mean ± std over seeds, n, synthesis time, E2D's
 exploration counters: the high-loss boxes that exploitation may revisit).
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/work/shared/datasets/cifar10")
     ap.add_argument("--work", default=str(ROOT / "bench/e2d_edc/work"))
-    ap.add_argument("--out", default=str(ROOT / "bench/results/e2d_edc/results.json"))
+    ap.add_argument("--out", default=str(ROOT / "bench/e2d_edc/results/results.json"))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--sets", nargs="*", default=list(SETS))
