@@ -134,3 +134,21 @@ def test_distill_resumes_after_an_interrupted_class_group(dataset, models, tmp_p
     a, b = read_run(run), read_run(ref)
     assert torch.equal(a.images, b.images) and torch.equal(a.weights, b.weights)
     assert a.labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_torchrun_two_ranks_generate_the_images_of_one(dataset, models, tmp_path):
+    """Ranks take class groups round-robin; a group's images depend only on its seed, not on the rank."""
+    import subprocess
+    s = [x for k, v in _settings(models, "dit").items() for x in ("--set", f"{k}={v}")]
+    args = ["distill", "--method", "ddoq", "--ipc", "2", "--data", str(dataset), "--classes-per-group", "1",
+            "--quiet", "--device", "cpu", *s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}   # equal thread counts: the same float reductions
+    one = subprocess.run([sys.executable, "-m", "ddkit", *args, "--out", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "ddkit", *args, "--out", str(tmp_path / "two")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = read_run(tmp_path / "one"), read_run(tmp_path / "two")
+    assert torch.equal(a.images, b.images) and torch.equal(a.weights, b.weights)
