@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from . import dist
 from .augment import crop_resize, sample_boxes
 from .progress import steps
-from .utils import DDKitError, atomic_path, cache_dir, inference_batch, load_torch, model_hash, save_torch, stable_hash
+from .utils import DDKitError, cache_dir, inference_batch, load_torch, model_hash, save_json, save_torch, stable_hash
 
 FORMAT = "ddkit-edc-stats-v1"
 PATCH = 16
@@ -223,9 +223,7 @@ def squeeze(model: nn.Module, data, folder: str | Path | None = None, root: str 
     mpath = folder / "manifest.json"
     model.eval()
     if dist.is_main() and not mpath.is_file():
-        with atomic_path(mpath) as tmp:
-            tmp.write_text(json.dumps({"hash": h, "key": key,
-                                       "layout": probe_layout(model, data.image_size, device).layers}) + "\n")
+        save_json({"hash": h, "key": key, "layout": probe_layout(model, data.image_size, device).layers}, mpath)
     dist.barrier()
     try:
         manifest = json.loads(mpath.read_text())
