@@ -14,4 +14,4 @@ def test_soft_rows_get_their_margin_over_random_real_with_soft_labels():
 def test_the_protocol_line_names_the_preset_and_what_it_changes():
     assert PROTOCOL in PRESETS
     assert protocol_line("ddkit", 100, 2).startswith("students: protocol 'ddkit', ConvNet-3, 100 epochs, 2 seeds")
-    assert "(schedule=step, lr_by_epoch=True, batch_size=25" in protocol_line("edc", 300, 1)
+    assert "(batch_size=25, cutmix=0.0, eval_every=10, best_after=0.8, min_steps=0)" in protocol_line("edc", 300, 1)

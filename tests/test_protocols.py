@@ -16,22 +16,39 @@ from ddkit.train import (TrainConfig, config_id, fit, lr_factor, render, soft_kl
 from ddkit.utils import DDKitError
 
 
-def test_the_ddkit_preset_is_todays_student_recipe_and_keeps_its_result_keys():
-    assert PRESETS["ddkit"].train_config(300, 10, 10) == student_recipe(300)
+def test_the_earlier_default_is_the_student_recipe_and_keeps_its_result_keys():
+    v1 = preset("ddkit-v1")
+    assert v1.train_config(300, 10, 10) == student_recipe(300) and v1 == Protocol()
     # the keys of the committed CIFAR-10 benchmark results (bench/results/cifar10/random_ipc10.json)
-    assert EvalConfig().key("convnet3") == "convnet3/soft/e300-d94676"
-    assert EvalConfig(label_mode="hard").key("convnet3") == "convnet3/hard/e300-b0fc26"
+    assert EvalConfig(protocol=v1).key("convnet3") == "convnet3/soft/e300-d94676"
+    assert EvalConfig(protocol=v1, label_mode="hard").key("convnet3") == "convnet3/hard/e300-b0fc26"
     assert EvalConfig(protocol=Protocol(batch_size=16)).key("convnet3").startswith("convnet3/soft/e300-")
-    assert EvalConfig(protocol=preset("ddkit", {"weight_decay": "0"})).key("c").startswith("c/soft/ddkit/e300-")
+    # stored under the name it had as the default
+    assert EvalConfig(protocol=preset("ddkit-v1", {"weight_decay": "0"})).key("c").startswith("c/soft/ddkit/e300-")
     keys = {EvalConfig(protocol=preset(n)).key("c") for n in PRESETS}
     assert len(keys) == len(PRESETS) and "c/soft/rded/e300-" in "".join(keys)
     assert EvalConfig(teachers=("a", "b")).key("c") != EvalConfig().key("c")   # an ensemble is another labeler
+    # the default is the `ddkit` preset, under a key of its own
+    assert EvalConfig().protocol == PRESETS["ddkit"] and EvalConfig().key("c").startswith("c/soft/ddkit/e300-")
+
+
+def test_the_default_cuts_the_batch_to_ten_steps_per_epoch():
+    ddk = PRESETS["ddkit"]
+    # (ipc, classes) -> batch: IPC 10 on CIFAR-10 -> 10 (the study's), never below 10 (a 10-image set is one
+    # batch), never above the IPC table's (ImageNet-1K IPC 10 -> 100)
+    for ipc, classes, batch in ((10, 10, 10), (1, 10, 10), (50, 10, 50), (10, 1000, 100), (50, 100, 200)):
+        assert ddk.train_config(300, ipc, classes).batch_size == batch, (ipc, classes)
+    assert preset("ddkit", {"batch_size": "25"}).train_config(300, 10, 10).batch_size == 10
+    assert preset("ddkit", {"min_steps": "0"}).train_config(300, 10, 10).batch_size == 50
 
 
 _PEER = {"lr": 1e-3, "weight_decay": 0.01, "batch_size": 0, "rrc_scale": (0.08, 1.0), "cutmix": 1.0,
          "temperature": 20.0, "kl_t2": False, "test_resize": True}
 PINNED = {   # each preset's fields beyond ddkit's own defaults (docs/protocols/audit.md gives each one's source)
-    "ddkit": {},
+    "ddkit-v1": {},
+    "ddkit": {"batch_size": 0, "min_steps": 10, "schedule": "step", "lr_by_epoch": True, "rrc_scale": (0.08, 1.0),
+              "randaug_ops": 2, "cutmix": 1.0, "soft_loss": "mse", "ce_weight": 0.025, "ema": 0.99,
+              "test_resize": True},
     "rded": {**_PEER, "schedule": "half_cosine", "lr_by_epoch": True, "bn_warm": True, "eval_every": 10,
              "best_after": 0.8, "patch_factor": -1, "decay": "weights"},
     "sre2l": {**_PEER, "lr_by_epoch": True, "soft_labels": "fkd"},
@@ -49,8 +66,8 @@ def test_each_preset_pins_every_field():
     assert set(PINNED) == set(PRESETS)
     for name, fields in PINNED.items():
         assert dataclasses.asdict(PRESETS[name]) == {**dataclasses.asdict(Protocol()), **fields, "name": name}, name
-    # ddkit's own protocol keeps the trainer's defaults for the fields added for the peers
-    t = PRESETS["ddkit"].train_config(300, 10, 10)
+    # ddkit's earlier protocol keeps the trainer's defaults for the fields added for the peers
+    t = PRESETS["ddkit-v1"].train_config(300, 10, 10)
     assert (t.patch_shuffle, t.rrc_exact, t.decay, t.bn_warm, t.rrc_scale) == (0, False, "all", False, (0.5, 1.0))
 
 
@@ -67,7 +84,7 @@ def test_rded_views_follow_the_sets_stitching_factor():
     f2 = preset("rded").train_config(300, 10, 10, set_factor=2)
     assert (f2.rrc_scale, f2.patch_shuffle) == ((0.5, 1.0), 2)
     assert preset("rded", {"patch_factor": "4"}).train_config(300, 10, 10, set_factor=2).rrc_scale == (0.25, 1.0)
-    assert preset("ddkit", {"patch_factor": "-1"}).train_config(300, 10, 10, set_factor=2).patch_shuffle == 2
+    assert preset("ddkit-v1", {"patch_factor": "-1"}).train_config(300, 10, 10, set_factor=2).patch_shuffle == 2
     with pytest.raises(DDKitError, match="'patch_factor' of protocol rded: expected at least -1"):
         preset("rded", {"patch_factor": "-2"})
 
@@ -114,7 +131,7 @@ def test_presets_pin_their_schedules():
     assert last == pytest.approx(0.5 * (1 + math.cos(7 * math.pi / 16))) and last > 0.5
     sre2l = preset("sre2l").train_config(8, 10, 10)
     assert lr_factor(sre2l, 4, 2, 5) == pytest.approx(0.5) and sre2l.temperature == 20 and not sre2l.kl_t2
-    ddk = preset("ddkit").train_config(8, 10, 10)   # per step, to 0
+    ddk = preset("ddkit-v1").train_config(8, 10, 10)   # per step, to 0
     assert lr_factor(ddk, 4, 0, 5) == pytest.approx(0.5) and lr_factor(ddk, 4, 1, 5) < 0.5
     ddr = preset("ddranking").train_config(8, 10, 10)
     assert (ddr.lr, ddr.weight_decay, ddr.temperature, ddr.cutmix, ddr.schedule, ddr.aug, ddr.batch_size) == \
@@ -137,7 +154,7 @@ def test_the_edc_preset_pins_its_schedule():
     assert (p.eval_every, p.best_after, p.test_resize, DEFAULT_EPOCHS) == (10, 0.8, True, {"edc": 1000})
     # the other presets keep their loss, augmentation and weights: the new fields' defaults are ddkit's
     assert all(not {"soft_loss", "ce_weight", "ema", "randaug_ops", "milestones"} & set(q.changes())
-               for n, q in PRESETS.items() if n not in ("edc", "e2d"))
+               for n, q in PRESETS.items() if n not in ("edc", "e2d", "ddkit"))
 
 
 def test_the_e2d_preset_is_e2ds_imagenet_student():

@@ -22,6 +22,7 @@ import torch
 from ddkit.data import load_data
 from ddkit.distill import DistillConfig, distill, diversity
 from ddkit.evaluate import EvalConfig, evaluate_set, summarize_entry
+from ddkit.protocols import preset
 from ddkit.report import write_report
 from ddkit.rundir import read_json, read_run, update_metrics
 from ddkit.teacher import load_checkpoint, load_teachers
@@ -80,7 +81,8 @@ def run_one(name, ipc, a, dev, teacher, test) -> dict:
     tag, run = make_run(name, ipc, a, dev, teacher, test)
     ds = read_run(run)
     for labels in a.labels:
-        cfg = EvalConfig(archs=tuple(a.archs), seeds=a.seeds, label_mode=labels, epochs=a.epochs)
+        cfg = EvalConfig(archs=tuple(a.archs), seeds=a.seeds, label_mode=labels, epochs=a.epochs,
+                         protocol=preset(a.protocol))
         evaluate_set(ds, test, teacher, cfg, dev, run=run, progress=not a.quiet)
     write_report(run)
     row = row_of(run, a)
@@ -195,6 +197,8 @@ def main():
     ap.add_argument("--labels", nargs="+", default=["soft", "hard"])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--protocol", default="ddkit-v1", help="student protocol (the stored tables: ddkit-v1, "
+                    "ddkit's default when they were measured)")
     ap.add_argument("--distill-seed", type=int, default=0,
                     help="synthesis seed (which real images, noise, crops); students' seeds are --seeds")
     ap.add_argument("--subset", help="a `ddkit select` index file: distill from the pruned data (BiLP)")

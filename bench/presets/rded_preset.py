@@ -66,7 +66,7 @@ def main():
     ap.add_argument("--draws", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300)
-    ap.add_argument("--runs", type=Path, default=BENCH.parent / "runs" / "presets_bench")
+    ap.add_argument("--runs", type=Path, default=BENCH.parent / "runs" / "cifar10_ipc10")
     ap.add_argument("--out", type=Path, default=HERE / "rded_preset.json")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--device", default="cpu")

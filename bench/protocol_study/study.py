@@ -64,6 +64,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "ddkit+mse_ce": ("ddkit", {"soft_loss": "mse", "ce_weight": "0.025"}),
     "ddkit+cutmix": ("ddkit", {"cutmix": "1.0"}),
     "edc300+bs64": ("edc", {**_EDC300, "batch_size": "64"}),
+    "edc300+bs10": ("edc", {**_EDC300, "batch_size": "10"}),
+    "edc300+bs10+cutmix": ("edc", {**_EDC300, "batch_size": "10", "cutmix": "1.0"}),   # EDC's train.sh: both
     "ddkit+bs25": ("ddkit", {"batch_size": "25"}),
     "edc300+rrc0.5": ("edc", {**_EDC300, "rrc_scale": "0.5,1.0"}),
     "ddkit+per_epoch": ("ddkit", {"lr_by_epoch": "true"}),

@@ -82,8 +82,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", choices=["soft", "hard"], default="soft")
     p.add_argument("--epochs", type=positive_int, help="student epochs (default: the protocol's: 1000 for edc, "
                    "else 300)")
-    p.add_argument("--protocol", default="ddkit", help="student-training protocol: ddkit, rded, sre2l, "
-                   "ddranking, edc, e2d (see docs/protocols/index.md)")
+    p.add_argument("--protocol", default="ddkit", help="student-training protocol: ddkit (the default), "
+                   "ddkit-v1 (the earlier default), rded, sre2l, ddranking, edc, e2d (see docs/protocols/index.md)")
     p.add_argument("--pset", action="append", metavar="KEY=VALUE", help="protocol field, repeatable "
                    "(e.g. lr=0.002, cutmix=0)")
     p.add_argument("--batch-size", type=ranged(int, Protocol.RANGES["batch_size"]),

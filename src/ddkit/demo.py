@@ -30,8 +30,10 @@ PROTOCOL, EPOCHS, SEEDS = "ddkit", 100, 2   # the students' protocol (ddkit.prot
 
 
 def protocol_line(name: str, epochs: int, seeds: int) -> str:
-    """One line naming the students' protocol and how it differs from ddkit's base recipe."""
-    changes = ", ".join(f"{k}={v}" for k, v in preset(name).changes().items())
+    """One line naming the students' protocol and how it differs from the default (`ddkit`) protocol."""
+    p, default = preset(name), preset("ddkit")
+    changes = ", ".join(f"{f.name}={getattr(p, f.name)}" for f in dataclasses.fields(p)
+                        if f.name != "name" and getattr(p, f.name) != getattr(default, f.name))
     return (f"students: protocol {name!r}" + (f" ({changes})" if changes else "") +
             f", ConvNet-3, {epochs} epochs, {seeds} seeds, final epoch; soft labels from the teacher")
 

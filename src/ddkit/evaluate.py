@@ -24,7 +24,7 @@ from .augment import default_stitch_factor
 from .data import Images
 from .fkd import label_store
 from .models import build_model
-from .protocols import Protocol
+from .protocols import Protocol, preset
 from .rundir import DistilledSet, read_json, update_metrics
 from .train import accuracy, fit
 from .utils import DDKitError, cache_dir, inference_batch, model_hash, stable_hash
@@ -37,17 +37,18 @@ class EvalConfig:
     label_mode: str = "soft"        # soft | hard
     epochs: int = 300
     use_weights: bool = True        # apply per-image weights when the set has them
-    protocol: Protocol = field(default_factory=Protocol)
+    protocol: Protocol = field(default_factory=lambda: preset("ddkit"))
     teachers: tuple[str, ...] = ()  # content hashes of an ensemble's members (soft labels from several)
     # how students are computed, like the device: saved with each result, not part of its key
     amp: bool | str = True          # mixed precision: True (auto), False, "on" (ddkit.accel.amp_setting)
     compile: bool = False           # torch.compile the students and the online teacher
 
     def key(self, arch: str) -> str:
-        """Results of one protocol and arch: convnet3/soft/e300-<hash> for ddkit's protocol (the key it
+        """Results of one protocol and arch: convnet3/soft/e300-<hash> for the `ddkit-v1` protocol (the key it
         had before protocols were named, so stored results resume), else e.g. convnet3/soft/rded/e300-<hash>
-        with the hash over the fields that differ from ddkit's and the ensemble."""
+        with the hash over the fields that differ from `ddkit-v1`'s and the ensemble."""
         p, changed = self.protocol, self.protocol.changes()
+        name = "ddkit" if p.name == "ddkit-v1" else p.name   # its results were stored when it was the default
         ensemble = list(self.teachers) if self.label_mode == "soft" and len(self.teachers) > 1 else []
         if set(changed) <= set(Protocol.LEGACY) and not ensemble:
             legacy = {"label_mode": self.label_mode, "epochs": self.epochs, "batch_size": p.batch_size,
@@ -55,7 +56,7 @@ class EvalConfig:
             return f"{arch}/{self.label_mode}/e{self.epochs}-{stable_hash(legacy, 6)}"
         rest = stable_hash({"label_mode": self.label_mode, "epochs": self.epochs, "use_weights": self.use_weights,
                             "protocol": changed, "teachers": ensemble}, 6)
-        return f"{arch}/{self.label_mode}/{p.name}/e{self.epochs}-{rest}"
+        return f"{arch}/{self.label_mode}/{name}/e{self.epochs}-{rest}"
 
 
 def align_classes(ds: DistilledSet, classes: list[str]) -> torch.Tensor:
