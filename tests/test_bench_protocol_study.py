@@ -21,7 +21,12 @@ def test_each_variant_changes_only_the_fields_it_names_from_its_base(variant):
         assert p.eval_every == 0
     # one ingredient at a time: at most one knob besides the edc300 baseline's own eval_every
     # (a loss swap moves its coupled fields together: soft_loss, ce_weight, temperature, kl_t2)
-    assert len(set(overrides) - {"eval_every", "ce_weight", "temperature", "kl_t2", "lr_by_epoch"}) <= 1
+    assert len(set(overrides) - {"eval_every", "ce_weight", "temperature", "kl_t2", "lr_by_epoch"}) <= 1 \
+        or variant in study.COMBINED
+
+
+def test_the_default_preset_trains_as_the_studys_winner_at_cifar10_ipc10():
+    assert PRESETS["ddkit"].train_config(300, 10, 10) == study.protocol("edc300+bs10+cutmix").train_config(300, 10, 10)
 
 
 def _student(variant, method, draw, seed, acc):
@@ -30,14 +35,14 @@ def _student(variant, method, draw, seed, acc):
 
 
 def test_the_margin_is_taken_per_draw_then_averaged_and_n_counts_every_student():
-    students = [_student("ddkit", "random", 0, 0, 0.40), _student("ddkit", "random", 0, 1, 0.42),
-                _student("ddkit", "e2d", 0, 0, 0.45),
-                _student("ddkit", "random", 1, 0, 0.50), _student("ddkit", "e2d", 1, 0, 0.49),
+    students = [_student("ddkit-v1", "random", 0, 0, 0.40), _student("ddkit-v1", "random", 0, 1, 0.42),
+                _student("ddkit-v1", "e2d", 0, 0, 0.45),
+                _student("ddkit-v1", "random", 1, 0, 0.50), _student("ddkit-v1", "e2d", 1, 0, 0.49),
                 _student("edc300", "random", 0, 0, 0.60)]   # no e2d yet: no margin
     rows = {r["variant"]: r for r in study.summary(students)}
-    d = rows["ddkit"]
+    d = rows["ddkit-v1"]
     assert d["random"]["n"] == 3 and d["e2d"]["n"] == 2 and d["margin_draws"] == 2
     assert d["margin"] == pytest.approx(((45 - 41) + (49 - 50)) / 2)
     assert rows["edc300"]["margin"] is None and rows["edc300"]["e2d"] is None
     table = study.markdown(list(rows.values()), students, [])
-    assert "| ddkit | ddkit | – | 44.00 ± 5.29 (n=3) | 47.00 ± 2.83 (n=2) | +1.50 | 2 |" in table
+    assert "| ddkit-v1 | ddkit-v1 | – | 44.00 ± 5.29 (n=3) | 47.00 ± 2.83 (n=2) | +1.50 | 2 |" in table

@@ -50,32 +50,34 @@ SETS = {"random": {}, "e2d": {"iterations": "200"}}   # method -> synthesis sett
 _EDC300 = {"eval_every": "0"}   # edc's preset at 300 epochs: its LR steps are fractions of training, so they scale
 # name -> (base preset, overrides), in the order the screen runs them (the most informative first)
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "ddkit": ("ddkit", {}),
+    "ddkit-v1": ("ddkit-v1", {}),
     "edc300": ("edc", _EDC300),
     "edc300+cosine": ("edc", {**_EDC300, "schedule": "cosine", "lr_by_epoch": "false"}),
-    "ddkit+randaug": ("ddkit", {"randaug_ops": "2"}),
+    "ddkit+randaug": ("ddkit-v1", {"randaug_ops": "2"}),
     "edc300+cutmix": ("edc", {**_EDC300, "cutmix": "1.0"}),
-    "ddkit+rrc0.08": ("ddkit", {"rrc_scale": "0.08,1.0"}),
+    "ddkit+rrc0.08": ("ddkit-v1", {"rrc_scale": "0.08,1.0"}),
     "edc300-ema": ("edc", {**_EDC300, "ema": "0"}),
-    "ddkit+kl_t20": ("ddkit", {"temperature": "20", "kl_t2": "false"}),
+    "ddkit+kl_t20": ("ddkit-v1", {"temperature": "20", "kl_t2": "false"}),
     "edc300+kl_t4": ("edc", {**_EDC300, "soft_loss": "kl", "ce_weight": "0", "temperature": "4"}),
-    "ddkit+ema": ("ddkit", {"ema": "0.99"}),
+    "ddkit+ema": ("ddkit-v1", {"ema": "0.99"}),
     "edc300-randaug": ("edc", {**_EDC300, "randaug_ops": "0"}),
-    "ddkit+mse_ce": ("ddkit", {"soft_loss": "mse", "ce_weight": "0.025"}),
-    "ddkit+cutmix": ("ddkit", {"cutmix": "1.0"}),
+    "ddkit+mse_ce": ("ddkit-v1", {"soft_loss": "mse", "ce_weight": "0.025"}),
+    "ddkit+cutmix": ("ddkit-v1", {"cutmix": "1.0"}),
     "edc300+bs64": ("edc", {**_EDC300, "batch_size": "64"}),
     "edc300+bs10": ("edc", {**_EDC300, "batch_size": "10"}),
-    "edc300+bs10+cutmix": ("edc", {**_EDC300, "batch_size": "10", "cutmix": "1.0"}),   # EDC's train.sh: both
-    "ddkit+bs25": ("ddkit", {"batch_size": "25"}),
+    "edc300+bs10+cutmix": ("edc", {**_EDC300, "batch_size": "10", "cutmix": "1.0"}),   # = `ddkit` here
+    "ddkit+bs25": ("ddkit-v1", {"batch_size": "25"}),
     "edc300+rrc0.5": ("edc", {**_EDC300, "rrc_scale": "0.5,1.0"}),
-    "ddkit+per_epoch": ("ddkit", {"lr_by_epoch": "true"}),
+    "ddkit+per_epoch": ("ddkit-v1", {"lr_by_epoch": "true"}),
     "edc300+lr2e-3": ("edc", {**_EDC300, "lr": "2e-3"}),
     "edc300+kl_t20": ("edc", {**_EDC300, "soft_loss": "kl", "ce_weight": "0", "temperature": "20",
                               "kl_t2": "false"}),
     "edc300+ema0.999": ("edc", {**_EDC300, "ema": "0.999"}),
-    "ddkit+kl_t20_t2": ("ddkit", {"temperature": "20"}),
-    "ddkit+lr2e-3": ("ddkit", {"lr": "2e-3"}),
+    "ddkit+kl_t20_t2": ("ddkit-v1", {"temperature": "20"}),
+    "ddkit+lr2e-3": ("ddkit-v1", {"lr": "2e-3"}),
 }
+# the two best single changes of edc300 together (EDC's CIFAR-10 script uses both): the default `ddkit` preset
+COMBINED = {"edc300+bs10+cutmix"}
 # the earlier grid's edc cells at 1000 epochs (same teacher, student and set recipe; bench/protocols/protocols.py)
 GRID = BENCH / "protocols" / "results" / "cifar10_protocols"
 
@@ -204,9 +206,10 @@ def grid_rows(sets: dict) -> list[dict]:
                is not None and abs(sets[set_tag(m, 0)]["diversity_cos"] - grid[m]["diversity_cos"]) <= 5e-4
                for m in SETS)
     for name, epochs, steps, bs in (("ddkit", 300, 2, 64), ("rded", 300, 2, 50), ("edc", 1000, 4, 25)):
+        label = "ddkit-v1" if name == "ddkit" else name   # the grid's `ddkit` cells: the earlier default
         cells = {m: grid[m].get("results", {}).get(f"{name}/soft") for m in SETS}
         if same and all(cells.values()):
-            rows.append({"variant": f"{name}, {epochs} epochs (earlier grid)", "epochs": epochs,
+            rows.append({"variant": f"{label}, {epochs} epochs (earlier grid)", "epochs": epochs,
                          "steps": steps * epochs, "batch_size": bs,
                          "margin": round(cells["e2d"]["mean"] - cells["random"]["mean"], 2),
                          "wall_s_per_student": cells["e2d"]["wall_s_per_seed"],
