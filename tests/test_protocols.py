@@ -38,7 +38,7 @@ def test_the_default_cuts_the_batch_to_ten_steps_per_epoch():
     # batch), never above the IPC table's (ImageNet-1K IPC 10 -> 100)
     for ipc, classes, batch in ((10, 10, 10), (1, 10, 10), (50, 10, 50), (10, 1000, 100), (50, 100, 200)):
         assert ddk.train_config(300, ipc, classes).batch_size == batch, (ipc, classes)
-    assert preset("ddkit", {"batch_size": "25"}).train_config(300, 10, 10).batch_size == 10
+    assert preset("ddkit", {"batch_size": "25"}).train_config(300, 10, 10).batch_size == 25   # as given
     assert preset("ddkit", {"min_steps": "0"}).train_config(300, 10, 10).batch_size == 50
 
 

@@ -97,7 +97,8 @@ class Protocol:
     patch_factor: int = 0           # RDED's views: ShufflePatches(f), then RRC scale (1/f, rrc_scale[1]) drawn as
     #                                 torchvision does; 0 = off, -1 = the set's stitching factor (see train_config)
     decay: str = "all"              # weight decay on all parameters | weights (conv/linear weights only: RDED)
-    min_steps: int = 0              # > 0: the batch is cut so an epoch has at least this many steps (not below 10)
+    min_steps: int = 0              # > 0 with batch_size 0: the IPC table's batch is cut so an epoch has at least
+    #                                 this many steps (never below 10)
 
     CHOICES: ClassVar[dict] = {"schedule": ("cosine", "half_cosine", "onecycle", "step", "cos2"),
                                "aug": ("rrc", "none"),
@@ -109,7 +110,8 @@ class Protocol:
                               "temperature": POSITIVE, "eval_every": NON_NEGATIVE, "best_after": FRACTION,
                               "milestones": Range(0, 1, open_lo=True, ordered=True), "ce_weight": NON_NEGATIVE,
                               "ema": FRACTION, "randaug_ops": NON_NEGATIVE, "randaug_magnitude": Range(0, 30),
-                              "patch_factor": Range(-1), "min_steps": NON_NEGATIVE}   # -1: the set's stitching factor, 0: off, f: f x f patches
+                              "patch_factor": Range(-1),   # -1: the set's stitching factor, 0: off, f: f x f patches
+                              "min_steps": NON_NEGATIVE}
     # ddkit's EvalConfig had these three as its own fields: keys of results made with only them changed
     # stay what they were (see EvalConfig.key)
     LEGACY: ClassVar[tuple] = ("batch_size", "lr", "temperature")
@@ -127,8 +129,8 @@ class Protocol:
         f = set_factor if self.patch_factor == -1 else self.patch_factor
         scale = (1 / f, self.rrc_scale[1]) if f else tuple(self.rrc_scale)
         batch = self.batch_size or ipc_batch_size(ipc, num_classes)
-        if self.min_steps:   # small sets: a few large steps per epoch train far less than many small ones;
-            #                  10 is EDC's batch for a 10-image set
+        if self.min_steps and not self.batch_size:   # small sets: a few large steps per epoch train far less
+            #                                          than many small ones; 10 is EDC's batch for a 10-image set
             batch = min(batch, max(10, math.ceil(ipc * num_classes / self.min_steps)))
         return TrainConfig(epochs=epochs, batch_size=batch,
                            optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
