@@ -102,3 +102,19 @@ def test_uint8_conversion_in_chunks_matches_the_whole_tensor():
     x = torch.rand(7, 3, 5, 5) * 1.2 - 0.1   # out of range too: clamped
     whole = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert (_to_uint8(x, chunk=3) == whole).all()
+
+
+def test_an_evaluation_entry_keeps_the_other_keys_written_since(tmp_path):
+    # two evaluations of one run (two protocols in two processes): each stores its key without dropping the
+    # other's, although each read the file before the other wrote
+    from ddkit.rundir import read_json, update_evaluation, update_metrics
+    from ddkit.utils import save_json
+    save_json({"evaluation": {}}, tmp_path / "metrics.json")
+    update_evaluation(tmp_path, "convnet3/soft/rded/e300-a", {"seeds": {"0": {"acc": 0.5}}})
+    update_evaluation(tmp_path, "resnet18/soft/ddkit/e300-b", {"seeds": {"0": {"acc": 0.6}}})
+    update_evaluation(tmp_path, "convnet3/soft/rded/e300-a", {"seeds": {"0": {"acc": 0.5}, "1": {"acc": 0.4}}})
+    update_metrics(tmp_path, diversity_cos=0.5)
+    m = read_json(tmp_path / "metrics.json")
+    assert m["evaluation"] == {"convnet3/soft/rded/e300-a": {"seeds": {"0": {"acc": 0.5}, "1": {"acc": 0.4}}},
+                               "resnet18/soft/ddkit/e300-b": {"seeds": {"0": {"acc": 0.6}}}}
+    assert m["diversity_cos"] == 0.5

@@ -25,7 +25,7 @@ from .data import Images
 from .fkd import label_store
 from .models import build_model
 from .protocols import Protocol, preset
-from .rundir import DistilledSet, read_json, update_metrics
+from .rundir import DistilledSet, read_json, update_evaluation
 from .train import accuracy, fit
 from .utils import DDKitError, cache_dir, inference_batch, model_hash, stable_hash
 
@@ -194,8 +194,7 @@ def evaluate_set(ds: DistilledSet, test: Images, teacher: nn.Module | None, cfg:
                                          "final_loss": round(hist["loss"][-1], 4), "precision": hist["precision"],
                                          **_best(hist, acc, cfg)}
             if run and dist.is_main():  # under torchrun every rank trained the same student
-                stored[key] = entry
-                update_metrics(run, evaluation=stored)
+                update_evaluation(run, key, entry)
                 ckpt.unlink(missing_ok=True)
         results[key] = {**summarize_entry(entry, cfg.seeds),
                         "accs": [entry["seeds"][str(s)]["acc"] for s in range(cfg.seeds)],

@@ -15,6 +15,7 @@ exist or is whole. `evaluate` also reads a plain ImageFolder of distilled images
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -158,13 +159,41 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+@contextlib.contextmanager
+def _metrics_lock(run: Path):
+    """Serialise read-modify-writes of RUN/metrics.json across processes (two evaluations of one run, e.g.
+    two protocols on two GPUs, would otherwise drop each other's students)."""
+    try:
+        import fcntl
+    except ImportError:   # no POSIX locks: writes stay atomic, only concurrent writers are unprotected
+        yield
+        return
+    with open(run / ".metrics.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def update_metrics(run: str | os.PathLike, **entries) -> dict:
-    """Merge entries into RUN/metrics.json (atomically)."""
-    p = Path(run) / "metrics.json"
-    metrics = read_json(p)
-    metrics.update(entries)
-    save_json(metrics, p)
+    """Merge entries into RUN/metrics.json (atomically, under a lock)."""
+    with _metrics_lock(Path(run)):
+        p = Path(run) / "metrics.json"
+        metrics = read_json(p)
+        metrics.update(entries)
+        save_json(metrics, p)
     return metrics
+
+
+def update_evaluation(run: str | os.PathLike, key: str, entry: dict) -> None:
+    """Store one result key's entry in RUN/metrics.json's `evaluation`, keeping the other keys as they are on
+    disk now (another process may have added some since this one read the file)."""
+    with _metrics_lock(Path(run)):
+        p = Path(run) / "metrics.json"
+        metrics = read_json(p)
+        metrics.setdefault("evaluation", {})[key] = entry
+        save_json(metrics, p)
 
 
 def export_ddranking(run: str | os.PathLike, out: str | os.PathLike, teacher=None, mean=None, std=None) -> Path:
