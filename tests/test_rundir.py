@@ -105,8 +105,8 @@ def test_uint8_conversion_in_chunks_matches_the_whole_tensor():
 
 
 def test_an_evaluation_entry_keeps_the_other_keys_written_since(tmp_path):
-    # two evaluations of one run (two protocols in two processes): each stores its key without dropping the
-    # other's, although each read the file before the other wrote
+    # two evaluations of one run (two protocols in two processes) store one key each, merged with the file as
+    # it is on disk, so neither drops the other's students
     from ddkit.rundir import read_json, update_evaluation, update_metrics
     from ddkit.utils import save_json
     save_json({"evaluation": {}}, tmp_path / "metrics.json")
