@@ -230,7 +230,8 @@ def markdown(rows: list[dict], results: list[dict], grid: list[dict]) -> str:
     for r in rows:
         change = ", ".join(f"{k}={v}" for k, v in r["changes_vs_base"].items() if k != "eval_every") or "–"
         margin = f"{r['margin']:+.2f}" if r["margin"] is not None else ""
-        lines.append(f"| {r['variant']} | {r['base']} | {change} | {cell(r['random'])} | {cell(r['e2d'])} | {margin} "
+        name = r["variant"] + (" (= `ddkit`)" if r["variant"] in COMBINED else "")
+        lines.append(f"| {name} | {r['base']} | {change} | {cell(r['random'])} | {cell(r['e2d'])} | {margin} "
                      f"| {r['margin_draws']} | {EPOCHS} × {r['steps'] // EPOCHS} = {r['steps']} steps "
                      f"(batch {r['batch_size']}) | {r['wall_s_per_student']:.0f} |")
     for g in grid:
