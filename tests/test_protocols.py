@@ -52,7 +52,8 @@ PINNED = {   # each preset's fields beyond ddkit's own defaults (docs/protocols/
     "rded": {**_PEER, "schedule": "half_cosine", "lr_by_epoch": True, "bn_warm": True, "eval_every": 10,
              "best_after": 0.8, "patch_factor": -1, "decay": "weights"},
     "sre2l": {**_PEER, "lr_by_epoch": True, "soft_labels": "fkd"},
-    "ddranking": {**_PEER, "lr": 0.01, "batch_size": 256, "aug": "none", "test_resize": False, "eval_every": 20},
+    "ddranking": {**_PEER, "lr": 0.01, "batch_size": 256, "aug": "none", "test_resize": False, "eval_every": 20,
+                  "schedule": "half_cosine", "lr_by_epoch": True},
     "edc": {"batch_size": 25, "schedule": "step", "lr_by_epoch": True, "rrc_scale": (0.08, 1.0), "randaug_ops": 2,
             "soft_loss": "mse", "ce_weight": 0.025, "ema": 0.99, "test_resize": True, "eval_every": 10,
             "best_after": 0.8},
@@ -135,9 +136,20 @@ def test_presets_pin_their_schedules():
     assert lr_factor(ddk, 4, 0, 5) == pytest.approx(0.5) and lr_factor(ddk, 4, 1, 5) < 0.5
     ddr = preset("ddranking").train_config(8, 10, 10)
     assert (ddr.lr, ddr.weight_decay, ddr.temperature, ddr.cutmix, ddr.schedule, ddr.aug, ddr.batch_size) == \
-        (0.01, 0.01, 20.0, 1.0, "cosine", "none", 256)
+        (0.01, 0.01, 20.0, 1.0, "half_cosine", "none", 256)
     assert PRESETS["sre2l"].soft_labels == "fkd" and PRESETS["rded"].eval_every == 10
     assert PRESETS["ddranking"].eval_every == 20
+
+
+def test_the_ddranking_schedule_is_its_half_cosine_stepped_per_epoch():
+    # DD-Ranking's `cosine` (a LambdaLR stepped after every epoch): epoch e of E trains at 0.5 (1 + cos(pi e / 2E))
+    # for all of that epoch's steps, so the last epoch runs just above half the peak, never near 0
+    for epochs, steps in ((300, 1), (300, 4), (7, 3)):
+        ddr = preset("ddranking").train_config(epochs, 10, 10)
+        for e in range(epochs):
+            want = 0.5 * (1 + math.cos(math.pi * e / epochs / 2))
+            assert [lr_factor(ddr, e, b, steps) for b in range(steps)] == [pytest.approx(want, abs=1e-12)] * steps
+    assert 0.5 < lr_factor(preset("ddranking").train_config(300, 10, 10), 299, 0, 1) < 0.51
 
 
 def test_the_edc_preset_pins_its_schedule():

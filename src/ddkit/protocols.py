@@ -1,7 +1,7 @@
 """The field's student-training (evaluation) protocols as named presets, and DD-Ranking's label metrics.
 
 A protocol is how students are trained on a distilled set and tested; a set's accuracy depends on it as
-much as on the images (docs/methods.md §6). Presets, each overridable field by field (`--pset key=value`):
+much as on the images (docs/results/protocols.md). Presets, each overridable field by field (`--pset key=value`):
 
 - `ddkit` (the default): EDC's CIFAR-10 student at 300 epochs with a smaller batch and CutMix, the strongest
   measured at that budget on CIFAR-10 IPC 10 (docs/results/protocol-study.md): AdamW 1e-3 wd 0.01, LR x0.5 at
@@ -25,7 +25,8 @@ much as on the images (docs/methods.md §6). Presets, each overridable field by 
 - `sre2l`: SRe2L's FKD: a relabel pass stores every epoch's batches, crops, flips, CutMix boxes and the
   teacher's fp16 logits in the run folder (ddkit.fkd); students replay them without a teacher. KL at T=20
   without T^2, AdamW 1e-3 wd 0.01, cosine set per epoch, RRC(0.08-1)+flip, CutMix beta 1.
-- `ddranking`: DD-Ranking's evaluation settings for tensors: AdamW lr 0.01 wd 0.01, cosine, KL at T=20,
+- `ddranking`: DD-Ranking's evaluation settings for tensors: AdamW lr 0.01 wd 0.01, its `cosine` LR
+  0.5 (1 + cos(pi e / 2E)) set per epoch (ends at 0.5), KL at T=20 without T^2,
   CutMix (beta 1) as the only augmentation, batch 256 (its `syn_batch_size`), teacher online on every
   augmented batch (logits averaged over an ensemble: `--teacher A B`); it reports the best of every 20
   epochs (its `test_interval`), recorded beside the final one. Its flaws are left out: one lr for hard and
@@ -47,8 +48,9 @@ much as on the images (docs/methods.md §6). Presets, each overridable field by 
 
 Not given by the peers' descriptions and chosen by ddkit (state them with results): RRC scale (0.08, 1)
 (torchvision's default, which SRe2L's code uses) for sre2l; the IPC batch rule for sre2l
-(SRe2L's ImageNet batch of 1024 would be one step per epoch at CIFAR IPC10); per-step cosine and no T^2
-for ddranking; IPC values between the table's rows take the next row down (IPC 5 -> 10). For edc: batch 25
+(SRe2L's ImageNet batch of 1024 would be one step per epoch at CIFAR IPC10); T=20 and lr 0.01
+for ddranking (ddkit's method spec of DD-Ranking's per-method settings; the package's own defaults are T 1.2
+and an lr searched on test accuracy); IPC values between the table's rows take the next row down (IPC 5 -> 10). For edc: batch 25
 (ddkit's spec of EDC's CIFAR-10 runs; at IPC1 it is the whole 10-image set, as its CIFAR-10 script's batch
 10), RandAugment drawn per image and seeded from the student's seed, CutMix off (its CIFAR-10 script passes
 a CutMix flag, its paper's protocol does not list it: `--pset cutmix=1`), test views as rded (identity at
@@ -152,7 +154,7 @@ PRESETS: dict[str, Protocol] = {
     "rded": Protocol(name="rded", schedule="half_cosine", lr_by_epoch=True, bn_warm=True, eval_every=10,
                      best_after=0.8, patch_factor=-1, decay="weights", **_PEER),
     "sre2l": Protocol(name="sre2l", schedule="cosine", lr_by_epoch=True, soft_labels="fkd", **_PEER),
-    "ddranking": Protocol(name="ddranking", schedule="cosine", eval_every=20,
+    "ddranking": Protocol(name="ddranking", schedule="half_cosine", lr_by_epoch=True, eval_every=20,
                           **{**_PEER, "lr": 0.01, "batch_size": 256, "aug": "none", "test_resize": False}),
     "edc": Protocol(name="edc", batch_size=25, schedule="step", lr_by_epoch=True, rrc_scale=(0.08, 1.0),
                     randaug_ops=2, randaug_magnitude=9, soft_loss="mse", ce_weight=0.025, ema=0.99,
