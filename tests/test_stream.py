@@ -1,6 +1,7 @@
 """The stream backend: tiny generated photo folders (JPEGs of mixed sizes) and WebDataset shards."""
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from PIL import Image
 from conftest import CLASSES, make_folder
 from ddkit.cli import main
 from ddkit.data import ImageData, load_image_folder
+from ddkit.models import build_model
 from ddkit.rundir import read_json, read_run
 from ddkit.stream import StreamData, open_data, open_splits
 from ddkit.utils import DDKitError, stable_hash, tensor_hash
@@ -228,3 +230,23 @@ def test_webdataset_shards_stream_with_the_folder_interface(photos, tmp_path, mo
     (shards / "more.tar").write_bytes((shards / "shard-000.tar").read_bytes())  # changed shards: a new pass
     with pytest.raises(DDKitError, match=r"pip install 'ddkit\[webdataset\]'"):
         open_data(str(tmp_path / "wds"))
+
+
+def test_students_on_the_stream_get_cutmix_and_randaugment(photos, stream_teacher):
+    # the default protocol (CutMix, RandAugment) on streamed photos: partners are drawn among the decoded rows
+    # and every view is mixed with one box per batch, as in memory
+    from ddkit import train as tr
+    from ddkit.protocols import preset
+    from ddkit.stream import open_data
+    data = open_data(str(photos), "train", 16, "stream")
+    cfg = preset("ddkit").train_config(2, 6, 3)
+    assert cfg.cutmix and cfg.randaug_ops
+    seen = []
+    real_paste = tr.paste
+    tr.paste = lambda x, partner, box: seen.append((x.shape, box.tolist())) or real_paste(x, partner, box)
+    try:
+        model = build_model("convnet3", 3, 16)
+        hist = tr.fit(model, data, data.labels, data.normalize, cfg, torch.device("cpu"), seed=0, progress=False)
+    finally:
+        tr.paste = real_paste
+    assert len(seen) == 2 * math.ceil(len(data) / cfg.batch_size) and all(math.isfinite(v) for v in hist["loss"])

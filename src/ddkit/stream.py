@@ -155,13 +155,14 @@ class StreamData(Images):
     def epoch(self, cfg, batch_size: int, gen: torch.Generator, rank: int, world: int):
         """One epoch of fit: (global batch, this rank's rows of it as uint8 views, None) per batch. The order
         comes from `gen` as in memory; aug `none` gives the center view, `rrc` RandomResizedCrop(scale
-        cfg.rrc_scale) + flip, `translate` (a CIFAR pad-crop) torchvision's photo default, RRC(0.08-1) + flip."""
+        cfg.rrc_scale) + flip, `translate` (a CIFAR pad-crop) torchvision's photo default, RRC(0.08-1) + flip;
+        RandAugment first where cfg.randaug_ops > 0 (CutMix is applied by fit, on the decoded batch)."""
         perm = torch.randperm(len(self), generator=gen)
         base = int(torch.randint(2 ** 62, (1,), generator=gen))   # per-sample seeds: base + sample
         batches = [perm[b:b + batch_size] for b in range(0, len(perm), batch_size)]
         mine = [b[len(b) * rank // world:len(b) * (rank + 1) // world] for b in batches]
         view = ("center",) if cfg.aug == "none" else ("train", tuple(cfg.rrc_scale) if cfg.aug == "rrc"
-                                                      else (0.08, 1.0))
+                                                      else (0.08, 1.0), (cfg.randaug_ops, cfg.randaug_magnitude))
         for b, x in zip(batches, self._decoded([[(int(p), base + int(p)) for p in m] for m in mine], view)):
             yield b, x, None
 
@@ -191,7 +192,9 @@ class _Decode:
 
     def __init__(self, data: StreamData, view: tuple):
         self.data, s, kind = data, data.image_size, view[0]
-        self.tf = (T.Compose([T.RandomResizedCrop(s, scale=view[1], antialias=True), T.RandomHorizontalFlip()])
+        # RandAugment (EDC's order: on the photo, before the crop) where the protocol asks for it
+        ra = [T.RandAugment(*view[2])] if kind == "train" and len(view) > 2 and view[2][0] > 0 else []
+        self.tf = (T.Compose([*ra, T.RandomResizedCrop(s, scale=view[1], antialias=True), T.RandomHorizontalFlip()])
                    if kind == "train" else T.Resize((s, s), antialias=True) if kind == "whole" else
                    T.Compose([T.Resize(s // 7 * 8 if kind == "test" else s, antialias=True), T.CenterCrop(s)]))
 

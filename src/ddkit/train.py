@@ -234,8 +234,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
     if teacher is not None:
         teacher.to(device).eval().to(memory_format=mf)
     stream = not torch.is_tensor(images)  # a StreamData (ddkit.stream) decodes and augments its own views
-    if stream and (cfg.cutmix or cfg.patch_shuffle or labels_from is not None):
-        raise DDKitError(f"{desc}: CutMix, ShufflePatches and stored labels need the images in memory "
+    if stream and (cfg.patch_shuffle or labels_from is not None):
+        raise DDKitError(f"{desc}: ShufflePatches and stored labels need the images in memory "
                          "(--data-backend memory)")
     hw = (images.image_size,) * 2 if stream else tuple(images.shape[-2:])
     images, labels = images if stream else images.to(device), labels.to(device)
@@ -290,6 +290,11 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize,
             if stream:  # `views` holds this rank's rows, decoded and augmented by the loader's workers
                 x = normalize(views.to(device, non_blocking=True))
                 views = Views()
+                if cfg.cutmix:  # one box per batch, as in memory; partners among this rank's decoded rows
+                    views = draw_views("none", m, *hw, gen, cutmix=cfg.cutmix)
+                    local = views.mix_perm[rows].argsort()
+                    views.mix_perm[rows] = local + rows.start
+                    x = paste(x, x[local.to(device)], views.mix_box)
             else:
                 x, _ = render(images, normalize, batch, views, rows)
             x = x.contiguous(memory_format=mf)
