@@ -50,6 +50,11 @@ DATA = next((d for d in (ROOT.parent / "shared" / "datasets" / "cifar10",
             ROOT.parent / "shared" / "datasets" / "cifar10")
 
 
+def rel(path) -> str:
+    """A path as the results record it: relative to the checkout, so they read the same on every machine."""
+    return os.path.relpath(Path(path).resolve(), ROOT)
+
+
 def ddranking_teacher(path: str, teacher_dir: Path) -> Path:
     """The ddkit convnet3 checkpoint as DD-Ranking's ConvNet-3-BN state_dict, where DD-Ranking looks for it."""
     _, ck = load_checkpoint(path, arch="convnet3")
@@ -89,8 +94,9 @@ def main():
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "ddranking_conformance")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300)
-    ap.add_argument("--ddranking-python", default="/work/ddr/venv/bin/python",
-                    help="a Python with the ddranking 0.2.0 package")
+    ap.add_argument("--ddranking-python", default=os.environ.get("DDRANKING_PYTHON", "python"),
+                    help="a Python with the ddranking 0.2.0 package (its own environment: it needs numpy<2; "
+                         "default: $DDRANKING_PYTHON, else python)")
     ap.add_argument("--out", type=Path, default=HERE / "ddranking_conformance.json")
     a = ap.parse_args()
     tune_malloc()
@@ -114,7 +120,7 @@ def main():
     teacher_dir = inputs / "teachers"
     ddranking_teacher(a.teacher, teacher_dir)
 
-    setup = {"run": str(run), "data": a.data, "teacher": a.teacher, "epochs": a.epochs,
+    setup = {"run": rel(run), "data": rel(a.data), "teacher": rel(a.teacher), "epochs": a.epochs,
              "diversity_cos": read_json(run / "metrics.json").get("diversity_cos")}
     res = json.loads(a.out.read_text()) if a.out.is_file() else {}
     if res and res.get("setup") != setup:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,11 @@ SETS = {"random": ("random", {}), "rded_old": ("rded", {"min_scale": "0.5", "rat
 STORED = BENCH / "protocols" / "results" / "cifar10_protocols"   # the README's rows (read only)
 
 
+def rel(path) -> str:
+    """A path relative to the checkout, so the results read the same on every machine."""
+    return os.path.relpath(Path(path).resolve(), BENCH.parent)
+
+
 def stored_tag(name: str, draw: int) -> str:
     return f"{name.removesuffix('_old')}_ipc10" + (f"_seed{draw}" if draw else "")
 
@@ -50,7 +56,7 @@ def row(name: str, draw: int, run: Path, cfg: EvalConfig) -> dict:
     entry = m.get("evaluation", {}).get(cfg.key("convnet3"))
     new = {**summarize_entry(entry), "accs": [entry["seeds"][s]["acc"] for s in sorted(entry["seeds"])]} \
         if entry and entry["seeds"] else None
-    out = {"set": name, "draw": draw, "run": str(run), "diversity_cos": m.get("diversity_cos"),
+    out = {"set": name, "draw": draw, "run": rel(run), "diversity_cos": m.get("diversity_cos"),
            "stored_diversity_cos": old.get("diversity_cos"), "rded_corrected": new,
            "rded_before": old.get("results", {}).get("rded/soft")}
     if new and out["rded_before"]:
@@ -97,7 +103,7 @@ def write(a, runs: dict) -> None:
     old = json.loads(a.out.read_text()) if a.out.is_file() else {}
     rows = {f"{n}/{d}": row(n, d, r, cfg) for (n, d), r in runs.items() if (r / "metrics.json").is_file()}
     save_json({"protocol": "rded (corrected)", "key": cfg.key("convnet3"), "epochs": a.epochs,
-               "teacher": a.teacher, "rows": {**old.get("rows", {}), **rows}}, a.out)
+               "teacher": rel(a.teacher), "rows": {**old.get("rows", {}), **rows}}, a.out)
 
 
 if __name__ == "__main__":

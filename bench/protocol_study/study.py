@@ -9,7 +9,7 @@ from either (VARIANTS, in the order they are run). Every variant is tested at it
 
 Each finished student is written at once to OUT/results/<variant>/<set>_d<draw>_s<seed>.json, and a student
 in progress checkpoints (ddkit.train.fit) in RUNS, so the command resumes where it stopped; --table-only
-rebuilds results.json, table.md and protocol_study.png from the stored students.
+rebuilds results.json, table.md and docs/img/protocol_study.png from the stored students.
 
     # the screen: one draw, one student seed, every variant (two students at a time, one thread each)
     OMP_NUM_THREADS=1 nice -n 10 python bench/protocol_study/study.py --workers 2
@@ -281,7 +281,7 @@ def figure(rows: list[dict], grid: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(out: Path, runs: Path) -> str:
+def write_outputs(out: Path, runs: Path, fig: Path | None = None) -> str:
     results = load_results(out)
     rows = summary(results)
     sets = read_json(out / "results.json").get("sets", {})   # kept where the run folders are gone
@@ -295,7 +295,7 @@ def write_outputs(out: Path, runs: Path) -> str:
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(table + "\n")
     if rows:
-        figure(rows, grid, out / "protocol_study.png")
+        figure(rows, grid, fig or out / "protocol_study.png")
     return table
 
 
@@ -309,6 +309,8 @@ def main():
     ap.add_argument("--workers", type=int, default=2, help="students trained at once, one thread each")
     ap.add_argument("--runs", type=Path, default=REPO / "runs" / "protocol_study", help="sets and checkpoints")
     ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--figure", type=Path, default=REPO / "docs" / "img" / "protocol_study.png",
+                    help="where the figure goes (the docs show it from there)")
     ap.add_argument("--table-only", action="store_true")
     a = ap.parse_args()
     if not a.table_only:
@@ -329,7 +331,7 @@ def main():
             p.start()
         for p in procs:
             p.join()
-    print(write_outputs(a.out, a.runs))
+    print(write_outputs(a.out, a.runs, a.figure))
 
 
 if __name__ == "__main__":

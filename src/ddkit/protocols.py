@@ -48,9 +48,10 @@ much as on the images (docs/results/protocols.md). Presets, each overridable fie
 
 Not given by the peers' descriptions and chosen by ddkit (state them with results): RRC scale (0.08, 1)
 (torchvision's default, which SRe2L's code uses) for sre2l; the IPC batch rule for sre2l
-(SRe2L's ImageNet batch of 1024 would be one step per epoch at CIFAR IPC10); T=20 and lr 0.01
-for ddranking (ddkit's method spec of DD-Ranking's per-method settings; the package's own defaults are T 1.2
-and an lr searched on test accuracy); IPC values between the table's rows take the next row down (IPC 5 -> 10). For edc: batch 25
+(SRe2L's ImageNet batch of 1024 would be one step per epoch at CIFAR IPC10); T=20 and lr 0.01 for
+ddranking (ddkit's method spec of DD-Ranking's per-method settings; the package's own defaults are T 1.2
+and an lr searched on test accuracy); IPC values between the table's rows take the next row down
+(IPC 5 -> 10). For edc: batch 25
 (ddkit's spec of EDC's CIFAR-10 runs; at IPC1 it is the whole 10-image set, as its CIFAR-10 script's batch
 10), RandAugment drawn per image and seeded from the student's seed, CutMix off (its CIFAR-10 script passes
 a CutMix flag, its paper's protocol does not list it: `--pset cutmix=1`), test views as rded (identity at
