@@ -54,7 +54,9 @@ def main():
     teacher, ck = load_checkpoint(TEACHER, device=device)
     test = load_data(args.data, "test", stats=(ck["mean"], ck["std"]))
     prior = read_json(Path(args.out)) if Path(args.out).is_file() else {}
-    out = {"command": "python bench/e2d_edc/run.py " + f"--seeds {args.seeds} --protocols {' '.join(args.protocols)}",
+    cmd = (f"python bench/e2d_edc/run.py --seeds {args.seeds} --protocols {' '.join(args.protocols)} "
+           f"--sets {' '.join(args.sets)}")
+    out = {"commands": sorted(set(prior.get("commands", [])) | {cmd}),   # every command whose students are here
            "teacher": str(TEACHER.relative_to(ROOT)), "teacher_test_acc": ck.get("test_acc"), "ipc": 10,
            "student": "convnet3", "sets": prior.get("sets", {})}
     runs = {}

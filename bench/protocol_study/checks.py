@@ -19,8 +19,8 @@ from ddkit.utils import save_json
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 # check -> (ipc, student arch, epochs, {set: student seeds})
-CHECKS = {"ipc50": (50, "convnet3", 100, {"random": 1, "e2d": 1}),
-          "resnet18": (10, "resnet18", 300, {"e2d": 2})}
+CHECKS = {"ipc50": (50, "convnet3", 100, {"random": 2, "e2d": 2}),
+          "resnet18": (10, "resnet18", 300, {"e2d": 2, "random": 1})}
 SETTINGS = {"random": {}, "e2d": {"iterations": 200}}
 
 
