@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 # check -> (ipc, student arch, epochs, {set: student seeds})
 CHECKS = {"ipc50": (50, "convnet3", 100, {"random": 2, "e2d": 2}),
-          "resnet18": (10, "resnet18", 300, {"e2d": 2, "random": 1})}
+          "resnet18": (10, "resnet18", 300, {"e2d": 2, "random": 2})}
 SETTINGS = {"random": {}, "e2d": {"iterations": 200}}
 
 
