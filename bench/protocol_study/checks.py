@@ -35,8 +35,9 @@ def main():
     out = read_json(a.out) if a.out.is_file() else {}
     for check in a.checks:
         ipc, arch, epochs, seeds = CHECKS[check]
-        rows = out.setdefault(f"{check}/{a.protocol}", {"ipc": ipc, "arch": arch, "epochs": epochs,
-                                                         "protocol": a.protocol, "sets": {}})
+        name = f"{check}/{a.protocol}"
+        rows = out.setdefault(name, {"ipc": ipc, "arch": arch, "epochs": epochs, "protocol": a.protocol,
+                                     "sets": {}})
         for method, n in seeds.items():
             run = REPO / "runs" / f"cifar10_ipc{ipc}" / f"{method}_ipc{ipc}"
             if not (run / "data.pt").is_file():
@@ -47,7 +48,8 @@ def main():
             rows["sets"][method] = {"key": key, **{k: r[k] for k in ("mean", "std", "n", "accs", "wall_s_per_seed")}}
             if {"random", "e2d"} <= rows["sets"].keys():
                 rows["margin"] = round(rows["sets"]["e2d"]["mean"] - rows["sets"]["random"]["mean"], 2)
-            save_json(out, a.out)
+            # only this check's row: a run of another check at the same time keeps its own
+            save_json({**(read_json(a.out) if a.out.is_file() else {}), name: rows}, a.out)
             print(check, method, rows["sets"][method], flush=True)
 
 
