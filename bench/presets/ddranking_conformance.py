@@ -39,6 +39,7 @@ from ddkit.protocols import preset
 from ddkit.rundir import export_ddranking, read_json, read_run
 from ddkit.teacher import load_checkpoint, load_teachers
 from ddkit.utils import resolve_device, save_json, save_torch, tune_malloc
+from rded_preset import rel   # the script beside this one: paths recorded relative to the checkout
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -48,11 +49,6 @@ EARLIER = ROOT / "bench" / "protocols" / "results" / "cifar10_protocols" / "rand
 DATA = next((d for d in (ROOT.parent / "shared" / "datasets" / "cifar10",
                          ROOT.parents[1] / "shared" / "datasets" / "cifar10") if d.is_dir()),
             ROOT.parent / "shared" / "datasets" / "cifar10")
-
-
-def rel(path) -> str:
-    """A path as the results record it: relative to the checkout, so they read the same on every machine."""
-    return os.path.relpath(Path(path).resolve(), ROOT)
 
 
 def ddranking_teacher(path: str, teacher_dir: Path) -> Path:
