@@ -1,4 +1,4 @@
-"""`ddkit demo`: the whole pipeline offline on scikit-learn's 8x8 digits, in about a minute on 2 cores.
+"""`ddkit demo`: the whole pipeline offline on scikit-learn's 8x8 digits, in about two minutes on 2 cores.
 
 Teacher -> every method at IPC 5 -> soft-label students (2 seeds) -> a table with each set's margin over
 random real images (the floor every method must clear), plus random real with hard labels and the
