@@ -184,3 +184,19 @@ def test_teacher_batch_size_scales_the_recipe_lr_unless_lr_is_given_and_label_sm
         (64, 0.1 * 64 / 256, 0.2), (64, 0.3, 0.2), (256, 0.1, 0.2), (256, 0.1, 0.0)]
     from ddkit.train import config_id
     assert config_id(seen[3]) != config_id(seen[2])  # another cached teacher, not the smoothed one
+
+
+def test_sigterm_means_stop_only_while_a_command_runs(tmp_path):
+    """The stop-request handler is the command's: the caller's handler is back when main returns, so processes
+    forked later (a multiprocessing pool the caller SIGTERMs at its end) still die on SIGTERM."""
+    import signal
+
+    def callers(*_):
+        pass
+
+    before = signal.signal(signal.SIGTERM, callers)
+    try:
+        assert main(["evaluate", str(tmp_path / "missing_run")]) == 2   # ran (and failed) with the handler set
+        assert signal.getsignal(signal.SIGTERM) is callers
+    finally:
+        signal.signal(signal.SIGTERM, before)

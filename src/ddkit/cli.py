@@ -523,8 +523,11 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     if hasattr(sys.stdout, "reconfigure"):  # a log shared by stdout and stderr keeps results and progress in order
         sys.stdout.reconfigure(line_buffering=True)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, request_stop)  # pre-emption: save state, exit with a message
+    # pre-emption: save state, exit with a message; only while the command runs, since a caller in the same
+    # process (Python code, tests) and processes it forks later must keep SIGTERM's own meaning: a pool that
+    # SIGTERMs its forked workers would otherwise wait on them forever
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, request_stop) if main_thread else None
     tune_malloc()
     try:
         dist.setup()  # under torchrun: one process group for the whole command
@@ -540,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         dist.shutdown()
+        if main_thread:   # None: a handler installed outside Python, which Python cannot put back
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return 0
 
 
